@@ -1,0 +1,59 @@
+"""Loading and validating config.yaml (the same schema the Snakefile validates against)."""
+
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+SCHEMA = Path(__file__).with_name("config.schema.yaml")
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
+
+
+def _where(error) -> str:
+    path = "/".join(str(p) for p in error.absolute_path)
+    return path or "(top level)"
+
+
+def validate(config: dict) -> dict:
+    """Check ``config`` against the schema and across keys; raise ConfigError naming the key."""
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        raise ConfigError(f"config key {_where(e)}: {e.message}")
+    check_runs(config)
+    return config
+
+
+def validate_recipe(name: str, recipe: dict) -> dict:
+    """Validate one recipe on its own (train.py --recipe-json)."""
+    validate({"data_dir": "-", "dataset": "cifar100", "seeds": [0], "runs": [name],
+              "selection": "last", "recipes": {name: recipe}})
+    return recipe
+
+
+def check_runs(config: dict) -> None:
+    """Cross-key rules a JSON schema cannot say."""
+    for name in config["runs"]:
+        if name not in config["recipes"]:
+            raise ConfigError(f"config key runs: recipe {name!r} is not defined under recipes "
+                              f"(defined: {', '.join(sorted(config['recipes']))})")
+    for name, r in config["recipes"].items():
+        if r["schedule"] == "step" and ("step_size" not in r or "gamma" not in r):
+            raise ConfigError(f"config key recipes/{name}: schedule 'step' needs step_size and gamma")
+
+
+def load(path=REPO_CONFIG) -> dict:
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: config file not found") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys")
+    return validate(config)

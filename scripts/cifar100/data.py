@@ -1,0 +1,231 @@
+"""CIFAR-100 in its official python layout (``cifar-100-python/{train,test,meta}``), read safely.
+
+The pickles are read straight into uint8 arrays with a restricted unpickler, not through
+torchvision, so any dataset written in this layout works: class count and the fine and coarse
+class names come from ``meta``. ``write_synthetic`` writes a small learnable dataset in the same
+layout for tests and smoke runs; ``download`` fetches the real one with torchvision (md5-checked).
+"""
+
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .files import atomic_path
+
+FOLDER = "cifar-100-python"
+IMAGE_SHAPE = (32, 32, 3)
+
+# The only globals the official files reference: numpy array and dtype reconstruction.
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
+}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Accepts builtin containers, str, bytes, numbers and numpy arrays; refuses anything else."""
+
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED:
+            if module.startswith("numpy.core"):  # numpy 2 renamed numpy.core
+                module = module.replace("numpy.core", "numpy._core")
+            return getattr(__import__(module, fromlist=[name]), name)
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+
+
+def safe_load(path: Path) -> dict:
+    """Read one dataset pickle; every failure is a DataError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        obj = _SafeUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        raise DataError(f"{path}: unsafe or corrupt pickle ({e})") from e
+    except Exception as e:  # truncated streams raise EOFError, ValueError, ...
+        raise DataError(f"{path}: corrupt or truncated pickle ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a dict, found {type(obj).__name__}")
+    # Python 2 pickles may carry bytes keys.
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # uint8 [N, 32, 32, 3]
+    labels: np.ndarray  # int64 [N] fine labels
+    coarse: np.ndarray | None  # int64 [N] superclass labels, if the files have them
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Dataset:
+    train: Split
+    test: Split
+    fine_names: list[str]
+    coarse_names: list[str] | None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.fine_names)
+
+    def fine_to_coarse(self) -> np.ndarray | None:
+        """Superclass of each fine class (from the training labels), or None."""
+        if self.train.coarse is None or self.coarse_names is None:
+            return None
+        mapping = np.full(self.num_classes, -1, dtype=np.int64)
+        mapping[self.train.labels] = self.train.coarse
+        return mapping
+
+
+def dataset_dir(data_dir) -> Path:
+    return Path(data_dir) / FOLDER
+
+
+def _names(meta: dict, key: str, path: Path) -> list[str] | None:
+    names = meta.get(key)
+    if names is None:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, (str, bytes)) for n in names):
+        raise DataError(f"{path}: '{key}' must be a list of strings")
+    return [n.decode() if isinstance(n, bytes) else n for n in names]
+
+
+def _labels(d: dict, key: str, n: int, path: Path, num: int | None) -> np.ndarray | None:
+    if key not in d:
+        return None
+    labels = np.asarray(d[key])
+    if labels.ndim != 1 or labels.shape[0] != n or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: '{key}' must be {n} integers, found shape {labels.shape} {labels.dtype}")
+    labels = labels.astype(np.int64)
+    if num is not None and n and (labels.min() < 0 or labels.max() >= num):
+        raise DataError(
+            f"{path}: '{key}' out of range: values {labels.min()}..{labels.max()}, "
+            f"but meta lists {num} classes"
+        )
+    return labels
+
+
+def _split(path: Path, num_fine: int, num_coarse: int | None) -> Split:
+    d = safe_load(path)
+    if "data" not in d or "fine_labels" not in d:
+        missing = [k for k in ("data", "fine_labels") if k not in d]
+        raise DataError(f"{path}: missing key {missing[0]!r}")
+    data = d["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        shape = getattr(data, "shape", None)
+        raise DataError(f"{path}: 'data' has shape {shape} {getattr(data, 'dtype', type(data).__name__)}, expected (N, 3072) uint8")
+    n = data.shape[0]
+    labels = _labels(d, "fine_labels", n, path, num_fine)
+    coarse = _labels(d, "coarse_labels", n, path, num_coarse) if num_coarse else None
+    # Official rows are channel-major (R plane, G plane, B plane); we keep NHWC uint8.
+    images = np.ascontiguousarray(data.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1))
+    return Split(images, labels, coarse)
+
+
+def load(data_dir) -> Dataset:
+    """Load ``{data_dir}/cifar-100-python``; raise DataError with one line on any problem."""
+    root = dataset_dir(data_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found (expected train, test and meta inside)")
+    meta_path = root / "meta"
+    meta = safe_load(meta_path)
+    fine = _names(meta, "fine_label_names", meta_path)
+    if not fine:
+        raise DataError(f"{meta_path}: missing or empty 'fine_label_names'")
+    coarse = _names(meta, "coarse_label_names", meta_path)
+    ncoarse = len(coarse) if coarse else None
+    train = _split(root / "train", len(fine), ncoarse)
+    test = _split(root / "test", len(fine), ncoarse)
+    used = len(np.unique(train.labels))
+    if used != len(fine):
+        raise DataError(
+            f"{meta_path}: meta lists {len(fine)} fine classes but {root / 'train'} uses {used} distinct labels"
+        )
+    if train.coarse is None or test.coarse is None:
+        coarse, train.coarse, test.coarse = None, None, None
+    return Dataset(train, test, fine, coarse)
+
+
+def load_test(data_dir) -> tuple[Split, list[str], list[str] | None, np.ndarray | None]:
+    """Just what the analyses need: test split, names and the fine->coarse map."""
+    ds = load(data_dir)
+    return ds.test, ds.fine_names, ds.coarse_names, ds.fine_to_coarse()
+
+
+def _dump(path: Path, obj) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        pickle.dump(obj, f, protocol=4)
+
+
+def write_split(path, images: np.ndarray, fine: np.ndarray, coarse: np.ndarray | None = None) -> None:
+    """Write one split in the official layout (images uint8 NHWC)."""
+    n = len(images)
+    obj = {
+        "filenames": [f"img_{i:06d}.png" for i in range(n)],
+        "batch_label": Path(path).name,
+        "fine_labels": [int(x) for x in fine],
+        "data": np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(n, 3072)),
+    }
+    if coarse is not None:
+        obj["coarse_labels"] = [int(x) for x in coarse]
+    _dump(Path(path), obj)
+
+
+def write_synthetic(
+    data_dir, train_size=2000, test_size=500, num_classes=10, num_coarse=5, seed=0, noise=0.35
+) -> Path:
+    """Write a deterministic, learnable dataset in the official layout.
+
+    Each superclass has a smooth colour pattern and each class adds its own; images are the class
+    pattern, randomly shifted by up to 2 pixels, plus Gaussian noise. Classes of one superclass
+    look alike, so errors concentrate inside superclasses as they do on CIFAR-100.
+    """
+    if num_classes < 2 or num_coarse < 1 or num_coarse > num_classes:
+        raise DataError(f"synthetic: need num_classes >= 2 and 1 <= num_coarse <= num_classes")
+    rng = np.random.default_rng(seed)
+    coarse_of = np.arange(num_classes) % num_coarse
+
+    def smooth(k):  # random 4x4 colour field upsampled to 32x32
+        return np.repeat(np.repeat(rng.uniform(-1, 1, (k, 4, 4, 3)), 8, axis=1), 8, axis=2)
+
+    base, own = smooth(num_coarse), smooth(num_classes)
+    protos = 0.5 * base[coarse_of] + 0.5 * own
+
+    def make(n):
+        labels = np.arange(n) % num_classes
+        rng.shuffle(labels)
+        shifts = rng.integers(-2, 3, size=(n, 2))
+        imgs = np.stack([np.roll(protos[c], tuple(s), axis=(0, 1)) for c, s in zip(labels, shifts)])
+        imgs = 0.5 + 0.35 * imgs + noise * rng.standard_normal(imgs.shape)
+        return (np.clip(imgs, 0, 1) * 255).round().astype(np.uint8), labels
+
+    root = dataset_dir(data_dir)
+    for name, n in (("train", train_size), ("test", test_size)):
+        imgs, labels = make(n)
+        write_split(root / name, imgs, labels, coarse_of[labels])
+    _dump(root / "meta", {
+        "fine_label_names": [f"class{c:02d}" for c in range(num_classes)],
+        "coarse_label_names": [f"group{g}" for g in range(num_coarse)],
+    })
+    return root
+
+
+def download(data_dir) -> Path:
+    """Fetch CIFAR-100 with torchvision (which verifies the archive's and files' md5 sums)."""
+    from torchvision.datasets import CIFAR100
+
+    for train in (True, False):
+        CIFAR100(root=str(data_dir), train=train, download=True)
+    return dataset_dir(data_dir)

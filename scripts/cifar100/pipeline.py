@@ -1,0 +1,92 @@
+"""The data pipeline: whole splits as uint8 tensors on the device, augmented in batches.
+
+The notebook's per-image PIL transforms (RandomCrop(32, padding=4), RandomHorizontalFlip,
+ToTensor, Normalize) become one gather per batch: each image gets a crop offset uniform in
+0..8 on both axes of its zero-padded 40x40 copy and a flip with probability 0.5, and the
+normalisation is one fused multiply-add. Same distribution as the notebook, ~10x+ faster.
+"""
+
+import math
+
+import torch
+
+MEAN = (0.5071, 0.4865, 0.4409)
+STD = (0.2673, 0.2564, 0.2762)
+PAD = 4
+SIZE = 32
+
+
+class DeviceSplit:
+    """Images (uint8, zero-padded by PAD, NCHW) and labels held on ``device``."""
+
+    def __init__(self, images_nhwc, labels, device):
+        x = torch.as_tensor(images_nhwc).permute(0, 3, 1, 2)
+        self.padded = torch.nn.functional.pad(x, (PAD,) * 4).contiguous().to(device)
+        self.labels = torch.as_tensor(labels, dtype=torch.long).to(device)
+        self.device = torch.device(device)
+        std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+        self.scale = 1.0 / (255.0 * std)
+        self.shift = -torch.tensor(MEAN, device=device).view(1, 3, 1, 1) / std
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The unpadded uint8 images (a view)."""
+        return self.padded[:, :, PAD:PAD + SIZE, PAD:PAD + SIZE]
+
+    def normalise(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        return x_uint8.float() * self.scale + self.shift
+
+
+def epoch_generator(seed: int, epoch: int, device) -> torch.Generator:
+    """A generator that depends only on (seed, epoch): resuming mid-run needs no stored state."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed * 1_000_003 + epoch)
+    return g
+
+
+def epoch_plan(n: int, generator: torch.Generator, device):
+    """Shuffle order, crop offsets (uniform 0..2*PAD) and flips for every image of one epoch."""
+    perm = torch.randperm(n, generator=generator, device=device)
+    offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=generator, device=device)
+    flips = torch.rand(n, generator=generator, device=device) < 0.5
+    return perm, offsets, flips
+
+
+def crop_flip(padded: torch.Tensor, idx, offsets, flips) -> torch.Tensor:
+    """Gather SIZE x SIZE windows of ``padded[idx]`` at ``offsets``, mirrored where ``flips``."""
+    ar = torch.arange(SIZE, device=padded.device)
+    rows = offsets[:, 0, None] + ar  # [B, 32]
+    cols = offsets[:, 1, None] + torch.where(flips[:, None], SIZE - 1 - ar, ar)
+    b = idx[:, None, None, None]
+    c = torch.arange(padded.shape[1], device=padded.device)[None, :, None, None]
+    return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    """Like DataLoader(drop_last=False): the last, partial batch is kept."""
+    return math.ceil(n / batch_size)
+
+
+def train_batches(split: DeviceSplit, batch_size: int, seed: int, epoch: int, start: int = 0,
+                  channels_last: bool = False):
+    """Yield (step, x, y) of one augmented training epoch, from step ``start`` on."""
+    n = len(split)
+    perm, offsets, flips = epoch_plan(n, epoch_generator(seed, epoch, split.device), split.device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for step in range(start, num_batches(n, batch_size)):
+        sl = slice(step * batch_size, (step + 1) * batch_size)
+        idx = perm[sl]
+        x = split.normalise(crop_flip(split.padded, idx, offsets[idx], flips[idx]))
+        yield step, x.contiguous(memory_format=fmt), split.labels[idx]
+
+
+def eval_batches(split: DeviceSplit, batch_size: int = 1000, channels_last: bool = False):
+    """Yield (x, y) of the un-augmented split in order."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    images = split.images
+    for i in range(0, len(split), batch_size):
+        x = split.normalise(images[i:i + batch_size])
+        yield x.contiguous(memory_format=fmt), split.labels[i:i + batch_size]

@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""Evaluate the selected model on the test set once: predictions.npz and metrics.json.
+
+    python scripts/evaluate.py --checkpoint results/baseline/seed0/model.pt --data-dir data
+
+predictions.npz holds ``logits`` (float32 [N, C]) and ``labels`` (int64 [N]); row i is test image i.
+Every later analysis works from it and the dataset alone, on the CPU.
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cifar100 import checkpoint, data, engine
+from cifar100.errors import DataError, run_cli
+from cifar100.files import write_json, write_npz
+from cifar100.pipeline import DeviceSplit
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="model.pt written by train.py (required)")
+    p.add_argument("--data-dir", default="data", help="folder holding cifar-100-python/ (default: %(default)s)")
+    p.add_argument("--out-dir", help="where to write (default: the checkpoint's folder)")
+    p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch (default: %(default)s)")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="fp32",
+                   help="CUDA autocast for evaluation (default: %(default)s, exact logits)")
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    top = np.argpartition(-logits, min(k, logits.shape[1]) - 1, axis=1)[:, :k]
+    return float((top == labels[:, None]).any(axis=1).mean())
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    out_dir = Path(a.out_dir or Path(a.checkpoint).parent)
+    ds = data.load(a.data_dir)
+    device = engine.pick_device(a.device)
+    model, ckpt = checkpoint.load_model(a.checkpoint, num_classes=ds.num_classes, device=device)
+    if list(ckpt.get("fine_names", ds.fine_names)) != ds.fine_names:
+        raise DataError(f"{a.checkpoint}: class names differ from those in {data.dataset_dir(a.data_dir)}/meta")
+    amp = engine.autocast_for(device, a.precision)
+    logits = engine.predict(model, DeviceSplit(ds.test.images, ds.test.labels, device), amp,
+                            batch_size=a.batch_size).numpy().astype(np.float32)
+    labels = ds.test.labels.astype(np.int64)
+    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
+    metrics = {
+        "top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5), "loss": loss,
+        "n": int(len(labels)), "num_classes": ds.num_classes, "selection": ckpt["selection"],
+        "selected_epoch": ckpt["epoch"], "recipe": ckpt["recipe_name"], "seed": ckpt["seed"],
+        "selection_note": ("best_test picks the epoch with the best test accuracy, as the notebook does: "
+                           "optimistic, the test set was used for model selection")
+        if ckpt["selection"] == "best_test" else "",
+    }
+    write_npz(out_dir / "predictions.npz", logits=logits, labels=labels)
+    write_json(out_dir / "metrics.json", metrics)
+    print(f"{ckpt['recipe_name']} seed {ckpt['seed']}: top-1 {metrics['top1']:.4f} top-5 {metrics['top5']:.4f} "
+          f"loss {loss:.4f} on {len(labels)} test images")
+
+
+if __name__ == "__main__":
+    run_cli(main)
