@@ -1,0 +1,103 @@
+#!/usr/bin/env python
+"""Confusion analysis: fine and superclass confusion matrices, per-class accuracy, best/worst classes.
+
+    python scripts/confusion.py --predictions results/baseline/seed0/predictions.npz --data-dir data \
+        --out-dir results/baseline/seed0
+
+Writes into --out-dir:
+  confusion_matrix.png      row-normalised confusion, classes grouped by superclass, no cell values
+  per_class_accuracy.csv    class_index,class_name,superclass,accuracy,support (superclass empty
+                            when the dataset has none; accuracy nan for a class absent from the test set)
+  class_extremes.png        the --extremes most and least accurate classes
+  superclass_confusion.png  superclass confusion with values (a note when meta has no superclasses)
+  confusion_summary.json    top1, top5, class accuracy spread, superclass accuracy and the semantic
+                            share: the fraction of errors that stay inside the true superclass
+                            (null without superclasses or without errors)
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from cifar100 import data, metrics, plots
+from cifar100.errors import run_cli
+from cifar100.files import write_csv, write_json
+
+PER_CLASS_FIELDS = ["class_index", "class_name", "superclass", "accuracy", "support"]
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--predictions", required=True, help="predictions.npz written by evaluate.py (required)")
+    p.add_argument("--data-dir", default="data", help="folder holding cifar-100-python/ (default: %(default)s)")
+    p.add_argument("--out-dir", required=True, help="folder for the five outputs (required)")
+    p.add_argument("--extremes", type=positive_int, default=10,
+                   help="classes in each bar chart of class_extremes.png (default: %(default)s)")
+    p.add_argument("--max-tick-labels", type=positive_int, default=50,
+                   help="most class names per axis of confusion_matrix.png (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    out = Path(a.out_dir)
+    test, fine_names, coarse_names, fine_to_coarse = data.load_test(a.data_dir)
+    logits, labels = metrics.load_predictions(a.predictions, test.labels, len(fine_names))
+    num_classes = len(fine_names)
+    preds = logits.argmax(axis=1)
+    cm = metrics.confusion_matrix(labels, preds, num_classes)
+    accuracy, support = metrics.per_class_accuracy(cm)
+    best, worst = metrics.best_and_worst(accuracy, a.extremes)
+
+    def superclass(i):
+        return coarse_names[fine_to_coarse[i]] if fine_to_coarse is not None else ""
+
+    write_csv(out / "per_class_accuracy.csv", [
+        {"class_index": i, "class_name": fine_names[i], "superclass": superclass(i),
+         "accuracy": float(accuracy[i]), "support": int(support[i])} for i in range(num_classes)
+    ], PER_CLASS_FIELDS)
+
+    order = metrics.superclass_order(fine_to_coarse, num_classes)
+    plots.save(plots.confusion_heatmap(metrics.normalize_rows(cm), fine_names, order=order,
+                                       groups=fine_to_coarse, max_labels=a.max_tick_labels),
+               out / "confusion_matrix.png")
+    plots.save(plots.class_extremes(accuracy, fine_names, best, worst), out / "class_extremes.png")
+    coarse_cm = None
+    if fine_to_coarse is not None:
+        coarse_cm = metrics.coarse_confusion(cm, fine_to_coarse, len(coarse_names))
+    plots.save(plots.superclass_heatmap(None if coarse_cm is None else metrics.normalize_rows(coarse_cm),
+                                        coarse_names), out / "superclass_confusion.png")
+
+    semantic = metrics.semantic_share(labels, preds, fine_to_coarse)
+    present = ~np.isnan(accuracy)  # classes with test images
+    summary = {
+        "n": int(len(labels)),
+        "num_classes": num_classes,
+        "num_superclasses": len(coarse_names) if fine_to_coarse is not None else None,
+        "top1": metrics.topk_accuracy(logits, labels, 1),
+        "top5": metrics.topk_accuracy(logits, labels, 5),
+        "n_errors": int((preds != labels).sum()),
+        "mean_class_accuracy": float(accuracy[present].mean()) if present.any() else None,
+        "min_class_accuracy": float(accuracy[worst[0]]) if len(worst) else None,
+        "max_class_accuracy": float(accuracy[best[0]]) if len(best) else None,
+        "best_classes": [fine_names[i] for i in best],
+        "worst_classes": [fine_names[i] for i in worst],
+        "superclass_top1": metrics.superclass_accuracy(labels, preds, fine_to_coarse),
+        "semantic_share": semantic,
+        "semantic_share_note": "share of errors whose predicted class is in the true class's superclass",
+    }
+    write_json(out / "confusion_summary.json", metrics.json_safe(summary))
+    shown = "n/a" if np.isnan(semantic) else f"{semantic:.3f}"
+    print(f"{out}: top-1 {summary['top1']:.4f}, {summary['n_errors']} errors, semantic share {shown}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""Error analysis: the most confident mistakes, the most frequent confusions, confidence of right vs wrong.
+
+    python scripts/errors.py --predictions results/baseline/seed0/predictions.npz --data-dir data \
+        --gallery-size 24 --top-pairs 30 --out-dir results/baseline/seed0
+
+Writes into --out-dir:
+  errors_gallery.png        the --gallery-size wrong predictions with the highest confidence
+  confusion_pairs.csv       true_index,true_name,pred_index,pred_name,count for the --top-pairs most
+                            frequent (true, predicted) errors, most frequent first (fewer rows if
+                            fewer distinct errors occur)
+  confidence_histogram.png  top-1 confidence of correct and of wrong predictions, means marked
+  errors_summary.json       mean confidence of correct and wrong predictions, their difference and
+                            the overconfidence gap (mean confidence minus accuracy)
+"""
+
+import argparse
+from pathlib import Path
+
+from cifar100 import data, metrics, plots
+from cifar100.errors import run_cli
+from cifar100.files import write_csv, write_json
+
+PAIR_FIELDS = ["true_index", "true_name", "pred_index", "pred_name", "count"]
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--predictions", required=True, help="predictions.npz written by evaluate.py (required)")
+    p.add_argument("--data-dir", default="data", help="folder holding cifar-100-python/ (default: %(default)s)")
+    p.add_argument("--gallery-size", type=positive_int, default=24,
+                   help="wrong predictions shown in errors_gallery.png (default: %(default)s)")
+    p.add_argument("--top-pairs", type=positive_int, default=30,
+                   help="most rows of confusion_pairs.csv (default: %(default)s)")
+    p.add_argument("--cols", type=positive_int, default=8, help="images per gallery row (default: %(default)s)")
+    p.add_argument("--bins", type=positive_int, default=20,
+                   help="bins of confidence_histogram.png (default: %(default)s)")
+    p.add_argument("--out-dir", required=True, help="folder for the four outputs (required)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    out = Path(a.out_dir)
+    test, fine_names, _, _ = data.load_test(a.data_dir)
+    logits, labels = metrics.load_predictions(a.predictions, test.labels, len(fine_names))
+    probs = metrics.softmax(logits)
+    preds, confidence = probs.argmax(axis=1), probs.max(axis=1)
+    correct = preds == labels
+
+    worst = metrics.most_confident_errors(confidence, correct, a.gallery_size)
+    plots.save(plots.errors_gallery(test.images[worst], [fine_names[i] for i in labels[worst]],
+                                    [fine_names[i] for i in preds[worst]], confidence[worst], cols=a.cols),
+               out / "errors_gallery.png")
+
+    cm = metrics.confusion_matrix(labels, preds, len(fine_names))
+    pairs = metrics.top_confusion_pairs(cm, a.top_pairs)
+    write_csv(out / "confusion_pairs.csv", [
+        {"true_index": t, "true_name": fine_names[t], "pred_index": p, "pred_name": fine_names[p], "count": c}
+        for t, p, c in pairs
+    ], PAIR_FIELDS)
+
+    plots.save(plots.confidence_histogram(confidence[correct], confidence[~correct], bins=a.bins),
+               out / "confidence_histogram.png")
+
+    summary = metrics.confidence_split(confidence, correct)
+    summary["overconfidence_gap_note"] = "mean top-1 confidence minus accuracy; > 0 means overconfident"
+    summary["gallery_size"] = int(len(worst))
+    summary["top_pair"] = ({"true_name": fine_names[pairs[0][0]], "pred_name": fine_names[pairs[0][1]],
+                            "count": pairs[0][2]} if pairs else None)
+    write_json(out / "errors_summary.json", metrics.json_safe(summary))
+    print(f"{out}: {summary['n_wrong']} errors; mean confidence correct "
+          f"{summary['mean_confidence_correct']:.3f}, wrong {summary['mean_confidence_wrong']:.3f}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

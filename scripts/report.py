@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""Per-class classification report, calibration (ECE, reliability diagram) and the run's summary.json.
+
+    python scripts/report.py --predictions results/baseline/seed0/predictions.npz \
+        --metrics results/baseline/seed0/metrics.json --data-dir data --ece-bins 15 \
+        --out-dir results/baseline/seed0
+
+Writes into --out-dir:
+  classification_report.csv   class_index,class_name,precision,recall,f1,support per class, then
+                              rows "macro avg" and "weighted avg" (class_index empty)
+  classification_report.json  the same numbers: {"classes": [...], "accuracy", "macro avg", "weighted avg"}
+  classification_report.txt   scikit-learn's printed report, with top-1, top-5 and ECE
+  reliability_diagram.png     accuracy per confidence bin against the diagonal
+  summary.json                everything in metrics.json plus macro/weighted precision, recall and
+                              F1, ECE, mean confidence and superclass numbers; the replicate
+                              aggregation reads top1, top5, macro_f1 and ece from it
+"""
+
+import argparse
+from pathlib import Path
+
+from cifar100 import data, metrics, plots
+from cifar100.errors import DataError, run_cli
+from cifar100.files import read_json, write_csv, write_json, write_text
+
+REPORT_FIELDS = ["class_index", "class_name", "precision", "recall", "f1", "support"]
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--predictions", required=True, help="predictions.npz written by evaluate.py (required)")
+    p.add_argument("--metrics", required=True, help="metrics.json written by evaluate.py (required)")
+    p.add_argument("--data-dir", default="data", help="folder holding cifar-100-python/ (default: %(default)s)")
+    p.add_argument("--ece-bins", type=positive_int, default=metrics.ECE_BINS,
+                   help="equal-width confidence bins for ECE and the diagram (default: %(default)s)")
+    p.add_argument("--out-dir", required=True, help="folder for the five outputs (required)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    out = Path(a.out_dir)
+    run_metrics = read_json(a.metrics)
+    if not isinstance(run_metrics, dict):
+        raise DataError(f"{a.metrics}: expected a JSON object, found {type(run_metrics).__name__}")
+    test, fine_names, _, fine_to_coarse = data.load_test(a.data_dir)
+    logits, labels = metrics.load_predictions(a.predictions, test.labels, len(fine_names))
+    probs = metrics.softmax(logits)
+    preds, confidence = probs.argmax(axis=1), probs.max(axis=1)
+    correct = preds == labels
+
+    report = metrics.classification_report(labels, preds, fine_names)
+    averages = [{"class_index": "", "class_name": name, **report[name]} for name in ("macro avg", "weighted avg")]
+    write_csv(out / "classification_report.csv", report["classes"] + averages, REPORT_FIELDS)
+    write_json(out / "classification_report.json", {k: v for k, v in report.items() if k != "text"})
+
+    calib = metrics.calibration(confidence, correct, a.ece_bins)
+    plots.save(plots.reliability_diagram(calib), out / "reliability_diagram.png")
+
+    # metrics.json comes first so its keys (recipe, seed, selection, ...) survive; what is
+    # computed here from the same predictions is added, and top1/top5 filled only if missing.
+    summary = dict(run_metrics)
+    for k in (1, 5):
+        if summary.get(f"top{k}") is None:
+            summary[f"top{k}"] = metrics.topk_accuracy(logits, labels, k)
+    macro, weighted = report["macro avg"], report["weighted avg"]
+    summary.update({
+        "macro_precision": macro["precision"], "macro_recall": macro["recall"], "macro_f1": macro["f1"],
+        "weighted_precision": weighted["precision"], "weighted_recall": weighted["recall"],
+        "weighted_f1": weighted["f1"],
+        "ece": calib["ece"], "ece_bins": a.ece_bins,
+        "mean_confidence": float(confidence.mean()),
+        "superclass_top1": metrics.superclass_accuracy(labels, preds, fine_to_coarse),
+        "semantic_share": metrics.semantic_share(labels, preds, fine_to_coarse),
+    })
+    write_json(out / "summary.json", metrics.json_safe(summary))
+
+    text = (report["text"].rstrip("\n") + "\n\n"
+            f"top-1 accuracy {summary['top1']:.4f}\ntop-5 accuracy {summary['top5']:.4f}\n"
+            f"expected calibration error {calib['ece']:.4f} ({a.ece_bins} equal-width bins)\n")
+    write_text(out / "classification_report.txt", text)
+    print(f"{out}: macro F1 {macro['f1']:.4f}, ECE {calib['ece']:.4f}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
