@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, OutputError
 from .files import atomic_path
 from .model import resnet18
 
@@ -23,7 +23,11 @@ def versions() -> dict:
 def save(path, obj: dict) -> None:
     """Write atomically: the previous file stays intact if anything fails (disk full included)."""
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **obj}, tmp)
+        try:
+            torch.save({"format": FORMAT, **obj}, tmp)
+        except RuntimeError as e:  # torch's zip writer reports a failed write (ENOSPC, EFBIG) like this
+            raise OutputError(f"cannot write {path}: the write was cut short (disk full or over a size "
+                              f"limit?): {str(e).splitlines()[0][:120]}") from e
 
 
 def load(path, map_location="cpu") -> dict:
@@ -34,7 +38,7 @@ def load(path, map_location="cpu") -> dict:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
-        why = next((ln for ln in lines if "Unsupported global" in ln), lines[0])
+        why = next((ln for ln in lines if "unsupported global" in ln.lower()), lines[0])
         raise CheckpointError(f"{path}: unreadable or unsafe checkpoint ({why[:200]})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a checkpoint of this project (format tag {FORMAT!r} missing)")

@@ -31,6 +31,10 @@ _ALLOWED = {
 }
 
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
 class _SafeUnpickler(pickle.Unpickler):
     """Accepts builtin containers, str, bytes, numbers and numpy arrays; refuses anything else."""
 
@@ -39,7 +43,7 @@ class _SafeUnpickler(pickle.Unpickler):
             if module.startswith("numpy.core"):  # numpy 2 renamed numpy.core
                 module = module.replace("numpy.core", "numpy._core")
             return getattr(__import__(module, fromlist=[name]), name)
-        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+        raise _Refused(f"refusing to load global {module}.{name}")
 
 
 def safe_load(path: Path) -> dict:
@@ -49,8 +53,8 @@ def safe_load(path: Path) -> dict:
         raise DataError(f"{path}: file not found")
     try:
         obj = _SafeUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
-    except pickle.UnpicklingError as e:
-        raise DataError(f"{path}: unsafe or corrupt pickle ({e})") from e
+    except _Refused as e:
+        raise DataError(f"{path}: unsafe pickle ({e})") from e
     except Exception as e:  # truncated streams raise EOFError, ValueError, ...
         raise DataError(f"{path}: corrupt or truncated pickle ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict):

@@ -107,12 +107,21 @@ def val_split_indices(labels: np.ndarray, val_size: int, seed: int = 0):
 
 
 class StopFlag:
-    """SIGTERM / SIGUSR1 set a flag; the loop checkpoints after the current step and exits."""
+    """SIGTERM / SIGUSR1 set a flag; the loop checkpoints after the current step and exits.
 
-    def __init__(self):
+    A context manager, so the previous handlers come back when training ends.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __enter__(self):
         self.signum = 0
-        for s in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(s, self._handle)
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
     def _handle(self, signum, frame):
         self.signum = signum
@@ -264,64 +273,64 @@ def train(ds: Dataset, spec: RunSpec, out_dir, device=None, log=print) -> dict:
             "best": best, "position": {"epoch": epoch, "step": step}, "partial": acc,
             "rng": _to_python(_rng_state()), "fingerprint": fingerprint, "complete": complete})
 
-    stop = StopFlag()
-    for epoch in range(epoch0, r["epochs"] + 1):
-        lr = opt.param_groups[0]["lr"]
-        acc = partial or {"loss_sum": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
-        partial = None
-        loss_sum = torch.tensor(acc["loss_sum"], device=device, dtype=torch.float64)
-        correct = torch.tensor(acc["correct"], device=device)
-        first_bad = torch.tensor(-1, device=device)
-        count, t0 = acc["count"], time.perf_counter()
-        bar = Progress(steps)
-        model.train()
-        for step, x, y in train_batches(train_split, r["batch_size"], spec.seed, epoch, step0, cuda):
-            with amp():
-                out = net(x)
-                loss = criterion(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if per_step:
+    with StopFlag() as stop:
+        for epoch in range(epoch0, r["epochs"] + 1):
+            lr = opt.param_groups[0]["lr"]
+            acc = partial or {"loss_sum": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
+            partial = None
+            loss_sum = torch.tensor(acc["loss_sum"], device=device, dtype=torch.float64)
+            correct = torch.tensor(acc["correct"], device=device)
+            first_bad = torch.tensor(-1, device=device)
+            count, t0 = acc["count"], time.perf_counter()
+            bar = Progress(steps)
+            model.train()
+            for step, x, y in train_batches(train_split, r["batch_size"], spec.seed, epoch, step0, cuda):
+                with amp():
+                    out = net(x)
+                    loss = criterion(out, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if per_step:
+                    sched.step()
+                # Accumulate on the device; read once per epoch (no per-step host sync on CUDA).
+                loss_sum += loss.detach().double() * len(y)
+                correct += (out.argmax(1) == y).sum()
+                count += len(y)
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step + 1, first_bad)
+                if (not cuda or (step + 1) % CUDA_CHECK_EVERY == 0 or step + 1 == steps) and first_bad.item() >= 0:
+                    raise Diverged(f"training diverged at epoch {epoch}, step {first_bad.item()} of {steps}: "
+                                   f"loss is {loss.item()}; the last good checkpoint is kept in {last_path}")
+                bar.update(step + 1, epoch)
+                if stop.signum:
+                    bar.close()
+                    save_resume(epoch, step + 1, {"loss_sum": loss_sum.item(), "correct": int(correct.item()),
+                                                  "count": count, "seconds": acc["seconds"] + time.perf_counter() - t0})
+                    raise Preempted(stop.signum)
+            bar.close()
+            step0 = 0
+            if not per_step:
                 sched.step()
-            # Accumulate on the device; read once per epoch (no per-step host sync on CUDA).
-            loss_sum += loss.detach().double() * len(y)
-            correct += (out.argmax(1) == y).sum()
-            count += len(y)
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step + 1, first_bad)
-            if (not cuda or (step + 1) % CUDA_CHECK_EVERY == 0 or step + 1 == steps) and first_bad.item() >= 0:
-                raise Diverged(f"training diverged at epoch {epoch}, step {first_bad.item()} of {steps}: "
-                               f"loss is {loss.item()}; the last good checkpoint is kept in {last_path}")
-            bar.update(step + 1, epoch)
+            seconds = acc["seconds"] + time.perf_counter() - t0
+            test_loss, test_acc = evaluate(net, test_split, amp, cuda)
+            row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum.item() / count,
+                   "train_acc": correct.item() / count, "test_loss": test_loss, "test_acc": test_acc,
+                   "val_loss": "", "val_acc": "", "seconds": round(seconds, 3),
+                   "images_per_s": round(count / max(seconds, 1e-9), 1)}
+            if val_split is not None:
+                row["val_loss"], row["val_acc"] = evaluate(net, val_split, amp, cuda)
+            history.append(row)
+            score = {"best_test": test_acc, "best_val": row["val_acc"], "last": epoch}[spec.selection]
+            if score > best["score"]:
+                best = {"score": score, "epoch": epoch, "metrics": dict(row),
+                        "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+            save_resume(epoch + 1, 0, None)
+            write_csv(out_dir / "history.csv", history, HISTORY_FIELDS)
+            log(f"epoch {epoch}/{r['epochs']} lr {lr:.4g} train loss {row['train_loss']:.4f} "
+                f"acc {row['train_acc']:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} | "
+                f"{seconds:.1f}s {row['images_per_s']:.0f} img/s")
             if stop.signum:
-                bar.close()
-                save_resume(epoch, step + 1, {"loss_sum": loss_sum.item(), "correct": int(correct.item()),
-                                              "count": count, "seconds": acc["seconds"] + time.perf_counter() - t0})
                 raise Preempted(stop.signum)
-        bar.close()
-        step0 = 0
-        if not per_step:
-            sched.step()
-        seconds = acc["seconds"] + time.perf_counter() - t0
-        test_loss, test_acc = evaluate(net, test_split, amp, cuda)
-        row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum.item() / count,
-               "train_acc": correct.item() / count, "test_loss": test_loss, "test_acc": test_acc,
-               "val_loss": "", "val_acc": "", "seconds": round(seconds, 3),
-               "images_per_s": round(count / max(seconds, 1e-9), 1)}
-        if val_split is not None:
-            row["val_loss"], row["val_acc"] = evaluate(net, val_split, amp, cuda)
-        history.append(row)
-        score = {"best_test": test_acc, "best_val": row["val_acc"], "last": epoch}[spec.selection]
-        if score > best["score"]:
-            best = {"score": score, "epoch": epoch, "metrics": dict(row),
-                    "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
-        save_resume(epoch + 1, 0, None)
-        write_csv(out_dir / "history.csv", history, HISTORY_FIELDS)
-        log(f"epoch {epoch}/{r['epochs']} lr {lr:.4g} train loss {row['train_loss']:.4f} "
-            f"acc {row['train_acc']:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} | "
-            f"{seconds:.1f}s {row['images_per_s']:.0f} img/s")
-        if stop.signum:
-            raise Preempted(stop.signum)
 
     checkpoint.save(out_dir / "model.pt", {**run_meta(best["epoch"]), "state_dict": best["state_dict"],
                                            "metrics": best["metrics"]})

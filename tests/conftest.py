@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny synthetic datasets in the official layout, a tiny recipe, script runners."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+from cifar100 import data  # noqa: E402
+
+TINY_RECIPE = {"epochs": 2, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+               "nesterov": False, "schedule": "step", "step_size": 1, "gamma": 0.5,
+               "label_smoothing": 0.0, "width": 8}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A 10-class synthetic dataset (300 train / 100 test images); returns its data_dir."""
+    d = tmp_path_factory.mktemp("tiny_data")
+    data.write_synthetic(d, train_size=300, test_size=100, num_classes=10, num_coarse=5, seed=0)
+    return d
+
+
+def run_script(name: str, *args, check=True, timeout=300, env=None, **kw) -> subprocess.CompletedProcess:
+    """Run scripts/<name> as a user would; returns the completed process (text output)."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    p = subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)], capture_output=True,
+                       text=True, timeout=timeout, env=full_env, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{name} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def train_args(data_dir, out_dir, recipe=None, seed=0, *extra):
+    return ["--recipe-json", json.dumps(recipe or TINY_RECIPE), "--seed", seed, "--data-dir", data_dir,
+            "--out-dir", out_dir, "--selection", "best_test", "--deterministic", "--device", "cpu", *extra]

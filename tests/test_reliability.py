@@ -1,0 +1,252 @@
+"""Preemption, exact resume, and broken or hostile inputs: a clear error and nothing lost."""
+
+import copy
+import errno
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from cifar100 import checkpoint, data, engine
+from cifar100.config import load as load_config
+from cifar100.config import validate
+from cifar100.errors import ConfigError, Diverged, OutputError
+from conftest import REPO, SCRIPTS, TINY_RECIPE, run_script, train_args
+
+LONG = {**TINY_RECIPE, "epochs": 6, "batch_size": 32}  # 10 steps per epoch on the tiny set
+
+
+def _popen_train(tiny_data, out, recipe=LONG):
+    cmd = [sys.executable, str(SCRIPTS / "train.py"), *map(str, train_args(tiny_data, out, recipe))]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _wait_for(path, proc, timeout=180):
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, f"training ended early:\n{proc.stdout.read()}"
+        assert time.time() - t0 < timeout, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def _same_weights(a, b):
+    wa, wb = (torch.load(p, weights_only=True)["state_dict"] for p in (a, b))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def clean_run(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean")
+    run_script("train.py", *train_args(tiny_data, out, LONG))
+    return out
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_point_then_rerun_is_bit_identical(tiny_data, tmp_path, clean_run):
+    out = tmp_path / "run"
+    proc = _popen_train(tiny_data, out)
+    _wait_for(out / "last.pt", proc)  # at least one epoch done
+    time.sleep(random.uniform(0.0, 1.0))  # then anywhere: mid-step, mid-epoch, mid-save
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL
+    assert not (out / "model.pt").exists()
+    p = run_script("train.py", *train_args(tiny_data, out, LONG))
+    assert "resuming from" in p.stdout
+    assert _same_weights(out / "model.pt", clean_run / "model.pt")
+    assert _same_weights(out / "last.pt", clean_run / "last.pt")
+    assert [ln for ln in (out / "history.csv").read_text().splitlines()][0].startswith("epoch,lr")
+    assert len((out / "history.csv").read_text().splitlines()) == LONG["epochs"] + 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+def test_signal_checkpoints_mid_epoch_exits_nonzero_and_resumes_exactly(tiny_data, tmp_path, clean_run, sig):
+    out = tmp_path / "run"
+    proc = _popen_train(tiny_data, out)
+    _wait_for(out / "last.pt", proc)
+    time.sleep(random.uniform(0.05, 0.5))
+    proc.send_signal(sig)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + sig, output
+    assert f"received signal {int(sig)}" in output and "resume checkpoint written" in output
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert not state["complete"] and state["position"]["epoch"] >= 2
+    p = run_script("train.py", *train_args(tiny_data, out, LONG))
+    pos = state["position"]
+    assert f"resuming from {out / 'last.pt'}: epoch {pos['epoch']}, step {pos['step']}" in p.stdout
+    assert _same_weights(out / "model.pt", clean_run / "model.pt")
+
+
+def test_resume_checkpoint_of_another_seed_or_recipe_is_ignored(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    proc = _popen_train(tiny_data, out)
+    _wait_for(out / "last.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    p = run_script("train.py", *train_args(tiny_data, out, LONG, 7))
+    assert "ignoring resume checkpoint" in p.stdout and "seed 0" in p.stdout and "seed 7" in p.stdout
+    assert "resuming" not in p.stdout
+    p = run_script("train.py", *train_args(tiny_data, out, {**LONG, "lr": 0.01}, 7))
+    assert "ignoring resume checkpoint" in p.stdout  # same seed, different recipe
+
+
+def test_finished_run_is_not_resumed(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    run_script("train.py", *train_args(tiny_data, out))
+    p = run_script("train.py", *train_args(tiny_data, out))
+    assert "from a finished run: training again from scratch" in p.stdout
+
+
+def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
+    # epoch 1 trains normally; gamma 1e12 makes epoch 2's learning rate absurd
+    recipe = {**TINY_RECIPE, "epochs": 3, "step_size": 1, "gamma": 1e12}
+    spec = engine.RunSpec(recipe=recipe, deterministic=False)
+    with pytest.raises(Diverged, match=r"training diverged at epoch 2, step \d+ of 5: loss is (nan|inf)"):
+        engine.train(data.load(tiny_data), spec, tmp_path, device="cpu", log=lambda m: None)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["position"] == {"epoch": 2, "step": 0}
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_divergence_from_the_cli_is_one_line_and_exit_2(tiny_data, tmp_path):
+    recipe = {**TINY_RECIPE, "epochs": 2, "step_size": 1, "gamma": 1e12}
+    p = run_script("train.py", *train_args(tiny_data, tmp_path, recipe), check=False)
+    assert p.returncode == 2
+    assert p.stderr.splitlines()[-1].startswith("train.py: error: training diverged at epoch 2")
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_data, tmp_path, monkeypatch):
+    real_save, calls = torch.save, []
+
+    def failing_save(obj, f, *a, **kw):
+        calls.append(f)
+        if len(calls) == 2:  # epoch 2's checkpoint
+            real_save(obj, f, *a, **kw)  # a partial write happens ...
+            raise OSError(errno.ENOSPC, "No space left on device")  # ... then the disk is full
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(checkpoint.torch, "save", failing_save)
+    spec = engine.RunSpec(recipe={**TINY_RECIPE, "epochs": 3})
+    with pytest.raises(OutputError, match=r"cannot write .*last\.pt: No space left on device"):
+        engine.train(data.load(tiny_data), spec, tmp_path, device="cpu", log=lambda m: None)
+    state = checkpoint.load(tmp_path / "last.pt")
+    assert state["position"] == {"epoch": 2, "step": 0}
+    assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+
+
+def test_file_size_limit_is_a_clear_error_and_the_old_file_survives(tmp_path):
+    target = tmp_path / "last.pt"
+    checkpoint.save(target, {"state_dict": {"w": torch.zeros(10)}})
+    before = target.read_bytes()
+    code = (
+        "import resource, signal, sys, torch\n"
+        f"sys.path.insert(0, {str(SCRIPTS)!r})\n"
+        "from cifar100 import checkpoint\n"
+        "from cifar100.errors import OutputError\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        "try:\n"
+        f"    checkpoint.save({str(target)!r}, {{'state_dict': {{'w': torch.zeros(100000)}}}})\n"
+        "except OutputError as e:\n"
+        "    print(e)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "cannot write" in p.stdout and "last.pt" in p.stdout and "cut short" in p.stdout, p.stderr
+    assert target.read_bytes() == before
+    assert [f.name for f in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_unwritable_results_folder(tiny_data, tmp_path):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where a folder should be")
+    p = run_script("train.py", *train_args(tiny_data, blocker / "baseline" / "seed0"), check=False)
+    assert p.returncode == 2 and "cannot create folder" in p.stderr.splitlines()[-1]
+
+
+# --- checkpoints from elsewhere -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model_ckpt(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    run_script("train.py", *train_args(tiny_data, out, {**TINY_RECIPE, "epochs": 1}))
+    return out / "model.pt"
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _evaluate_error(ckpt, data_dir):
+    p = run_script("evaluate.py", "--checkpoint", ckpt, "--data-dir", data_dir, "--out-dir",
+                   ckpt.parent / "eval", check=False)
+    assert p.returncode == 2, p.stdout + p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("evaluate.py: error: "), p.stderr
+    assert not (ckpt.parent / "eval" / "predictions.npz").exists()
+    return lines[0]
+
+
+def test_truncated_checkpoint(tmp_path, tiny_data, model_ckpt):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(model_ckpt.read_bytes()[:5000])
+    assert "unreadable or unsafe checkpoint" in _evaluate_error(bad, tiny_data)
+
+
+def test_foreign_checkpoint(tmp_path, tiny_data):
+    bad = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(3)}, bad)
+    assert "not a checkpoint of this project" in _evaluate_error(bad, tiny_data)
+
+
+def test_checkpoint_that_runs_code_is_refused(tmp_path, tiny_data):
+    bad, marker = tmp_path / "model.pt", tmp_path / "pwned"
+    torch.save({"format": checkpoint.FORMAT, "payload": _Evil(marker)}, bad)
+    assert "unsupported global posix.system" in _evaluate_error(bad, tiny_data).lower()
+    assert not marker.exists()
+
+
+def test_checkpoint_class_count_must_fit_the_dataset(tmp_path, model_ckpt):
+    data.write_synthetic(tmp_path / "d3", train_size=30, test_size=9, num_classes=3, num_coarse=1)
+    msg = _evaluate_error(model_ckpt, tmp_path / "d3")
+    assert "checkpoint has 10 classes but the dataset has 3" in msg
+
+
+# --- config ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def config():
+    return copy.deepcopy(load_config(REPO / "config.yaml"))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c.update(learning_rate=0.1), r"\(top level\): Additional properties .*'learning_rate'"),
+    (lambda c: c["recipes"]["baseline"].update(epochs=-3), r"recipes/baseline/epochs: -3 is less than"),
+    (lambda c: c["recipes"]["baseline"].update(lr="fast"), r"recipes/baseline/lr: 'fast' is not of type"),
+    (lambda c: c.update(seeds=[]), r"config key seeds: \[\] should be non-empty"),
+    (lambda c: c.update(runs=["baseline", "adamw"]), r"runs: recipe 'adamw' is not defined"),
+    (lambda c: c.update(selection="best"), r"config key selection: 'best' is not one of"),
+    (lambda c: c["recipes"]["cosine"].update(momentun=0.9), r"recipes/cosine: Additional properties .*'momentun'"),
+])
+def test_bad_config_is_rejected_naming_the_key(config, mutate, message):
+    mutate(config)
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
+
+
+def test_repository_config_is_valid_and_baseline_is_the_notebook(config):
+    assert config["recipes"]["baseline"] == {
+        "epochs": 100, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+        "nesterov": False, "schedule": "step", "step_size": 30, "gamma": 0.1,
+        "label_smoothing": 0.0, "width": 64}
