@@ -86,11 +86,15 @@ class Dataset:
 
     def fine_to_coarse(self) -> np.ndarray | None:
         """Superclass of each fine class (from the training labels), or None."""
-        if self.train.coarse is None or self.coarse_names is None:
-            return None
-        mapping = np.full(self.num_classes, -1, dtype=np.int64)
-        mapping[self.train.labels] = self.train.coarse
-        return mapping
+        return _fine_to_coarse(self.train, self.num_classes) if self.coarse_names else None
+
+
+def _fine_to_coarse(split: Split, num_classes: int) -> np.ndarray | None:
+    if split.coarse is None:
+        return None
+    mapping = np.full(num_classes, -1, dtype=np.int64)  # -1: class absent from the split
+    mapping[split.labels] = split.coarse
+    return mapping
 
 
 def dataset_dir(data_dir) -> Path:
@@ -138,24 +142,28 @@ def _split(path: Path, num_fine: int, num_coarse: int | None) -> Split:
     return Split(images, labels, coarse)
 
 
-def load(data_dir) -> Dataset:
-    """Load ``{data_dir}/cifar-100-python``; raise DataError with one line on any problem."""
+def _open(data_dir):
+    """The dataset folder and the class names its meta file lists."""
     root = dataset_dir(data_dir)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found (expected train, test and meta inside)")
-    meta_path = root / "meta"
-    meta = safe_load(meta_path)
-    fine = _names(meta, "fine_label_names", meta_path)
+    meta = safe_load(root / "meta")
+    fine = _names(meta, "fine_label_names", root / "meta")
     if not fine:
-        raise DataError(f"{meta_path}: missing or empty 'fine_label_names'")
-    coarse = _names(meta, "coarse_label_names", meta_path)
+        raise DataError(f"{root / 'meta'}: missing or empty 'fine_label_names'")
+    return root, fine, _names(meta, "coarse_label_names", root / "meta")
+
+
+def load(data_dir) -> Dataset:
+    """Load ``{data_dir}/cifar-100-python``; raise DataError with one line on any problem."""
+    root, fine, coarse = _open(data_dir)
     ncoarse = len(coarse) if coarse else None
     train = _split(root / "train", len(fine), ncoarse)
     test = _split(root / "test", len(fine), ncoarse)
     used = len(np.unique(train.labels))
     if used != len(fine):
         raise DataError(
-            f"{meta_path}: meta lists {len(fine)} fine classes but {root / 'train'} uses {used} distinct labels"
+            f"{root / 'meta'}: meta lists {len(fine)} fine classes but {root / 'train'} uses {used} distinct labels"
         )
     if train.coarse is None or test.coarse is None:
         coarse, train.coarse, test.coarse = None, None, None
@@ -163,9 +171,13 @@ def load(data_dir) -> Dataset:
 
 
 def load_test(data_dir) -> tuple[Split, list[str], list[str] | None, np.ndarray | None]:
-    """Just what the analyses need: test split, names and the fine->coarse map."""
-    ds = load(data_dir)
-    return ds.test, ds.fine_names, ds.coarse_names, ds.fine_to_coarse()
+    """Just what the analyses need, without reading the training split: the test split, fine and
+    coarse names, and the fine->coarse map (from the test labels)."""
+    root, fine, coarse = _open(data_dir)
+    test = _split(root / "test", len(fine), len(coarse) if coarse else None)
+    if test.coarse is None:
+        coarse = None
+    return test, fine, coarse, _fine_to_coarse(test, len(fine)) if coarse else None
 
 
 def _dump(path: Path, obj) -> None:
