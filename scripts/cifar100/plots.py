@@ -279,3 +279,84 @@ def training_curves(history: dict, axes=None):
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+# --- Grad-CAM and replicates (gradcam.py, aggregate.py, compare.py) ---------------------------------
+
+
+def gradcam_pairs(images, overlays, titles, colors=None, title: str = "", note: str = "",
+                  pairs_per_row: int = 4, cell: float = 1.6):
+    """Each image beside its Grad-CAM overlay, ``pairs_per_row`` pairs a row; ``titles[i]`` above
+    image i. With no images the figure holds just ``title`` and ``note``."""
+    n = len(images)
+    if n == 0:
+        fig, ax = plt.subplots(figsize=(2 * pairs_per_row * cell * 0.6, 1.4))
+        ax.axis("off")
+        ax.text(0.5, 0.5, note or "no images to show", ha="center", va="center", fontsize=9)
+        if title:
+            fig.suptitle(title, fontsize=10)
+        return fig
+    colors = colors or ["black"] * n
+    per_row = min(pairs_per_row, n)
+    fig, axes = grid(2 * n, 2 * per_row, cell=cell)
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width, height + 0.6)  # room for the suptitle above the two-line titles
+    for i in range(n):
+        show_image(axes[2 * i], images[i], titles[i], colors[i])
+        show_image(axes[2 * i + 1], overlays[i], "Grad-CAM", colors[i])
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.12 / (height + 0.6))
+    if note:
+        fig.text(0.5, 0.0, note, ha="center", va="top", fontsize=8, style="italic")
+    fig.subplots_adjust(top=1 - 0.75 / (height + 0.6), bottom=0.02, hspace=0.4, wspace=0.08)
+    return fig
+
+
+def seeds_curves(curves: dict, mean=None, ylabel: str = "test accuracy", title: str = "", ax=None):
+    """One line per seed: ``curves`` maps a label to (epochs, values); ``mean`` an optional
+    (epochs, values) drawn thick on top."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 4))
+    for label, (epochs, values) in curves.items():
+        ax.plot(epochs, values, lw=1.2, alpha=0.8, marker="o" if len(epochs) <= 20 else None, ms=3, label=label)
+    if mean is not None:
+        ax.plot(mean[0], mean[1], color="black", lw=2.2, label="mean over seeds")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=8)
+    ax.set_title(title)
+    return fig
+
+
+def recipes_comparison(recipes, summary: dict, points: dict | None = None, labels: dict | None = None,
+                       interval: str = "95% CI"):
+    """One panel per metric: each recipe's mean with its interval as an error bar, seeds as dots.
+
+    ``summary[metric]`` has lists "mean", "low", "high" (one entry per recipe; NaN bounds draw no
+    bar); ``points[metric]`` one array of per-seed values per recipe; ``labels`` titles per metric.
+    """
+    metrics = list(summary)
+    labels = labels or {}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(3.0, 0.9 * len(recipes) + 1.8) * len(metrics), 3.6),
+                             squeeze=False)
+    x = np.arange(len(recipes))
+    for ax, m in zip(axes[0], metrics):
+        mean = np.asarray(summary[m]["mean"], dtype=float)
+        low = np.asarray(summary[m]["low"], dtype=float)
+        high = np.asarray(summary[m]["high"], dtype=float)
+        err = np.vstack([mean - low, high - mean])
+        has = np.isfinite(err).all(axis=0)
+        ax.errorbar(x[has], mean[has], yerr=err[:, has], fmt="none", ecolor="black", capsize=5, lw=1.5)
+        ax.scatter(x, mean, marker="_", s=400, color="black", zorder=3, label="mean")
+        for i, vals in enumerate((points or {}).get(m, [])):
+            vals = np.asarray(vals, dtype=float)
+            jitter = np.linspace(-0.12, 0.12, len(vals)) if len(vals) > 1 else np.zeros(len(vals))
+            ax.scatter(x[i] + jitter, vals, s=14, alpha=0.7, color=f"C{i % 10}", zorder=4)
+        ax.set_xticks(x, recipes, rotation=30 if len(recipes) > 3 else 0, ha="right" if len(recipes) > 3 else "center")
+        ax.set_xlim(-0.6, len(recipes) - 0.4)
+        ax.set_title(labels.get(m, m), fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"recipes: mean over seeds, {interval} error bars, one dot per seed", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,162 @@
+#!/usr/bin/env python
+"""Grad-CAM of the most confident correct and incorrect test predictions, with a sanity check.
+
+    python scripts/gradcam.py --checkpoint results/baseline/seed0/model.pt \
+        --predictions results/baseline/seed0/predictions.npz --data-dir data --n 8 --layer layer4
+
+Explains each image's predicted class (the class the model chose, right or wrong). Writes into
+--out-dir (default: the checkpoint's folder):
+  gradcam_correct.png     the --n most confident correct predictions, image beside overlay
+  gradcam_incorrect.png   the --n most confident incorrect predictions
+  gradcam_maps.npz        maps (float32 [M, 32, 32] in [0, 1]), indices, classes, ... (--save-maps)
+  gradcam_summary.json    layer, sizes and the randomisation check: the mean Spearman correlation
+                          between these maps and those of a copy with --randomise re-initialised
+                          (Adebayo et al. 2018); near 1 would mean the maps ignore the learned weights
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cifar100 import checkpoint, data, engine, gradcam, plots
+from cifar100.errors import DataError, run_cli
+from cifar100.files import write_json, write_npz
+from cifar100.pipeline import DeviceSplit
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="model.pt written by train.py (required)")
+    p.add_argument("--predictions", required=True, help="predictions.npz written by evaluate.py (required)")
+    p.add_argument("--data-dir", default="data", help="folder holding cifar-100-python/ (default: %(default)s)")
+    p.add_argument("--n", type=int, default=8, help="images per figure, correct and incorrect (default: %(default)s)")
+    p.add_argument("--layer", default="layer4", help="target layer, a module name of the model (default: %(default)s)")
+    p.add_argument("--randomise", default="layer4",
+                   help="layer re-initialised for the sanity check (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the re-initialisation (default: %(default)s)")
+    p.add_argument("--save-maps", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write gradcam_maps.npz (default: %(default)s)")
+    p.add_argument("--out-dir", help="where to write (default: the checkpoint's folder)")
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward/backward (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=0.5,
+                   help="weight of the heat map in the overlay (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def load_predictions(path, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Logits from predictions.npz, checked against the test split; DataError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            logits, stored = f["logits"], f["labels"]
+    except KeyError as e:
+        raise DataError(f"{path}: missing array {e}") from None
+    except Exception as e:  # truncated zip, not an npz, pickled objects
+        raise DataError(f"{path}: unreadable predictions ({type(e).__name__}: {e})") from None
+    if logits.shape != (len(labels), num_classes):
+        raise DataError(f"{path}: logits have shape {logits.shape}, but the test set has {len(labels)} "
+                        f"images of {num_classes} classes")
+    if stored.shape != labels.shape or not np.array_equal(stored, labels):
+        raise DataError(f"{path}: labels do not match the test set's: predictions of another dataset?")
+    if not np.isfinite(logits).all():
+        raise DataError(f"{path}: logits contain NaN or infinity")
+    return logits.astype(np.float64)
+
+
+def most_confident(confidence: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` highest ``confidence`` values where ``mask`` (fewer if fewer exist)."""
+    idx = np.flatnonzero(mask)
+    return idx[np.argsort(-confidence[idx], kind="stable")[:n]]
+
+
+def figure(kind, idx, images, maps, labels, pred, conf, names, n, layer, alpha, total):
+    overlays = [gradcam.overlay(images[i], m, alpha) for i, m in zip(idx, maps)]
+    titles = [f"true: {names[labels[i]]}\npred: {names[pred[i]]} ({conf[i]:.2f})" for i in idx]
+    color = "green" if kind == "correct" else "red"
+    note = ""
+    if len(idx) == 0:
+        note = f"no {kind} predictions among the {total} test images"
+    elif len(idx) < n:
+        note = f"only {len(idx)} {kind} prediction{'s' * (len(idx) > 1)} among the {total} test images ({n} requested)"
+    title = f"Grad-CAM ({layer}) of the predicted class: most confident {kind} predictions"
+    return plots.gradcam_pairs([images[i] for i in idx], overlays, titles, [color] * len(idx), title, note)
+
+
+def _finite(x: float):
+    return x if np.isfinite(x) else None
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    if a.n < 0 or a.batch_size < 1:
+        raise DataError(f"--n must be >= 0 and --batch-size >= 1 (got {a.n}, {a.batch_size})")
+    t0 = time.perf_counter()
+    out_dir = Path(a.out_dir or Path(a.checkpoint).parent)
+    test, names, _, _ = data.load_test(a.data_dir)
+    device = engine.pick_device(a.device)
+    model, ckpt = checkpoint.load_model(a.checkpoint, num_classes=len(names), device=device)
+    if list(ckpt.get("fine_names", names)) != names:
+        raise DataError(f"{a.checkpoint}: class names differ from those in {data.dataset_dir(a.data_dir)}/meta")
+    gradcam.resolve_layer(model, a.layer)  # unknown names fail before any work
+    gradcam.resolve_layer(model, a.randomise)
+    logits = load_predictions(a.predictions, test.labels, len(names))
+
+    z = logits - logits.max(1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    pred, conf = probs.argmax(1), probs.max(1)
+    correct = pred == test.labels
+    chosen = {"correct": most_confident(conf, correct, a.n), "incorrect": most_confident(conf, ~correct, a.n)}
+    idx = np.concatenate([chosen["correct"], chosen["incorrect"]]).astype(np.int64)
+
+    split = DeviceSplit(test.images[idx], test.labels[idx], device)
+    x = split.normalise(split.images)  # exactly the normalisation training and evaluation use
+    classes = torch.as_tensor(pred[idx], device=device)
+    maps, model_logits = gradcam.grad_cam(model, x, classes, a.layer, a.batch_size, return_logits=True)
+    check = gradcam.randomisation_check(model, x, classes, a.layer, a.randomise, a.seed, maps, a.batch_size)
+    maps_np = maps.cpu().numpy().astype(np.float32)
+    agree = float((model_logits.argmax(1).cpu().numpy() == pred[idx]).mean()) if len(idx) else None
+
+    start = 0
+    for kind in ("correct", "incorrect"):
+        k = chosen[kind]
+        fig = figure(kind, k, test.images, maps_np[start:start + len(k)], test.labels, pred, conf, names,
+                     a.n, a.layer, a.alpha, len(test.labels))
+        plots.save(fig, out_dir / f"gradcam_{kind}.png")
+        start += len(k)
+    if a.save_maps:
+        write_npz(out_dir / "gradcam_maps.npz", maps=maps_np, indices=idx, classes=pred[idx].astype(np.int64),
+                  labels=test.labels[idx].astype(np.int64), correct=correct[idx],
+                  confidence=conf[idx].astype(np.float32),
+                  maps_randomised=check["maps"].cpu().numpy().astype(np.float32))
+    rho = check["per_image"]
+    summary = {
+        "layer": a.layer, "n": a.n, "target": "predicted class",
+        "n_correct": int(len(chosen["correct"])), "n_incorrect": int(len(chosen["incorrect"])),
+        "randomised_layer": a.randomise, "randomisation_seed": a.seed,
+        "mean_rank_correlation_randomised": _finite(check["mean"]),
+        "rank_correlation_randomised_per_image": [_finite(float(r)) for r in rho],
+        "rank_correlation_note": ("Spearman correlation between each map and the map of a copy of the model "
+                                  f"with {a.randomise} re-initialised, averaged over images with non-constant "
+                                  "maps; maps that depend on the learned weights give values well below 1"),
+        "prediction_agreement": agree, "indices": idx.tolist(), "maps_saved": a.save_maps,
+        "checkpoint": str(a.checkpoint), "predictions": str(a.predictions), "device": str(device),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_json(out_dir / "gradcam_summary.json", summary)
+    if agree is not None and agree < 1:
+        print(f"warning: the checkpoint predicts another class than {a.predictions} for "
+              f"{round((1 - agree) * len(idx))} of {len(idx)} images (bf16 evaluation, or another model?)")
+    mean = summary["mean_rank_correlation_randomised"]
+    print(f"Grad-CAM at {a.layer}: {len(chosen['correct'])} correct, {len(chosen['incorrect'])} incorrect images; "
+          f"rank correlation with {a.randomise} randomised: {'n/a' if mean is None else f'{mean:.3f}'}; "
+          f"{summary['seconds']:.1f}s on {device}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,307 @@
+"""Grad-CAM: the formula against a direct per-image computation, hooks, the sanity check, image
+utilities, the figure's artists and the script end to end on a tiny checkpoint."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+from cifar100 import checkpoint, data, gradcam, plots  # noqa: E402
+from cifar100.errors import UserError, run_cli  # noqa: E402
+from cifar100.model import resnet18  # noqa: E402
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def all_hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               for m in model.modules())
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A random 5-class ResNet-18 of width 4, six images, and classes whose maps are not constant."""
+    torch.manual_seed(0)
+    model = resnet18(num_classes=5, width=4).eval()
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        # With random weights the bias dominates the logits; the class with the largest
+        # weight-dependent part has a positive mean map, so its map is never all zeros.
+        classes = (model(x) - model.fc.bias).argmax(1)
+    return model, x, classes
+
+
+def direct_grad_cam(model, x, classes):
+    """The formula, one image at a time, with the forward pass written out by hand."""
+    maps = []
+    for xi, c in zip(x, classes):
+        h = F.relu(model.bn1(model.conv1(xi[None])))
+        acts = model.layer4(model.layer3(model.layer2(model.layer1(h))))
+        logit = model.fc(torch.flatten(model.pool(acts), 1))[0, c]
+        (g,) = torch.autograd.grad(logit, acts)
+        alpha = g.mean(dim=(2, 3))  # [1, K]
+        cam = F.relu((alpha[:, :, None, None] * acts).sum(1, keepdim=True))
+        cam = F.interpolate(cam, size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
+        lo, hi = cam.min(), cam.max()
+        maps.append((cam - lo) / (hi - lo) if hi > lo else torch.zeros_like(cam))
+    return torch.stack(maps).detach()
+
+
+def test_grad_cam_matches_direct_formula(tiny):
+    model, x, classes = tiny
+    maps = gradcam.grad_cam(model, x, classes, "layer4")
+    expected = direct_grad_cam(model, x, classes)
+    assert maps.shape == (6, 32, 32) and maps.dtype == torch.float32
+    torch.testing.assert_close(maps, expected, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(maps.flatten(1).amax(1), torch.ones(6))  # all non-constant, scaled to [0, 1]
+    assert maps.min() >= 0
+
+
+def test_grad_cam_batching_module_and_name_agree(tiny):
+    model, x, classes = tiny
+    whole = gradcam.grad_cam(model, x, classes, "layer4")
+    torch.testing.assert_close(gradcam.grad_cam(model, x, classes, model.layer4, batch_size=4), whole)
+    maps, logits = gradcam.grad_cam(model, x, classes.tolist(), "layer4", return_logits=True)
+    torch.testing.assert_close(maps, whole)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(x))
+
+
+def test_grad_cam_leaves_model_as_found(tiny):
+    model, x, classes = tiny
+    model.train()
+    try:
+        with torch.no_grad():  # a caller's no_grad must not break it
+            maps = gradcam.grad_cam(model, x, classes, "layer3")
+        assert model.training
+    finally:
+        model.eval()
+    assert maps.shape == (6, 32, 32) and 0 <= maps.min() and maps.max() <= 1
+    assert all(p.grad is None for p in model.parameters())
+    assert all_hooks(model) == 0
+
+
+def test_hooks_removed_after_an_exception(tiny):
+    model, x, classes = tiny
+    with pytest.raises(UserError, match=r"\[N, C, H, W\]"):
+        gradcam.grad_cam(model, x, classes, "fc")  # a 2-d output: refused inside the hook's lifetime
+    assert all_hooks(model) == 0
+    with pytest.raises(RuntimeError, match="boom"):
+        with gradcam.capture_activations(model.layer4):
+            assert len(model.layer4._forward_hooks) == 1
+            raise RuntimeError("boom")
+    assert all_hooks(model) == 0
+
+
+def test_unknown_layer_and_bad_classes(tiny):
+    model, x, classes = tiny
+    with pytest.raises(UserError, match="unknown layer 'layer9'.*layer4"):
+        gradcam.grad_cam(model, x, classes, "layer9")
+    with pytest.raises(ValueError, match="one class per image"):
+        gradcam.grad_cam(model, x, classes[:2], "layer4")
+    assert gradcam.grad_cam(model, x[:0], classes[:0]).shape == (0, 32, 32)
+
+
+def test_constant_maps_become_zeros():
+    maps = torch.stack([torch.full((32, 32), 3.0), torch.arange(1024.0).view(32, 32)])
+    out = gradcam._minmax(maps)
+    assert torch.equal(out[0], torch.zeros(32, 32))
+    assert out[1].min() == 0 and out[1].max() == 1
+
+
+def test_randomisation_check(tiny):
+    model, x, classes = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    check = gradcam.randomisation_check(model, x, classes, "layer4", "layer4", seed=0)
+    assert -1.0 <= check["mean"] <= 1.0
+    assert check["per_image"].shape == (6,) and check["maps"].shape == (6, 32, 32)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # original untouched
+    clone = gradcam.randomised_copy(model, "layer4", seed=0)
+    changed = {k for k, v in clone.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("layer4.") for k in changed)
+    again = gradcam.randomised_copy(model, "layer4", seed=0)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in clone.state_dict().items())  # seeded
+
+
+def test_rank_correlation_matches_scipy():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    a = rng.random((4, 8, 8))
+    b = a + rng.normal(0, 0.3, a.shape)
+    a[1, :4] = 0  # ties, as ReLU leaves them
+    b[2, 2:] = 0.5
+    rho = gradcam.rank_correlation(a, b)
+    expected = [spearmanr(x.ravel(), y.ravel()).statistic for x, y in zip(a, b)]
+    np.testing.assert_allclose(rho, expected, atol=1e-12)
+    np.testing.assert_allclose(gradcam.rank_correlation(a, -a), -1)
+    assert np.isnan(gradcam.rank_correlation(np.zeros((1, 4, 4)), a[:1, :4, :4]))[0]
+
+
+def test_scale_and_overlay():
+    maps = np.stack([np.full((4, 4), 2.0), np.arange(16.0).reshape(4, 4)])
+    s = gradcam.scale(maps)
+    assert s.dtype == np.float32 and np.all(s[0] == 0) and s[1].min() == 0 and s[1].max() == 1
+    assert gradcam.scale(maps, size=(32, 32)).shape == (2, 32, 32)
+    assert gradcam.scale(maps[1]).shape == (4, 4)
+    image = np.full((32, 32, 3), 100, np.uint8)
+    cam = np.zeros((32, 32), np.float32)
+    cam[:16] = 1.0
+    out = gradcam.overlay(image, cam, alpha=1.0)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    assert out[0, 0, 0] > 100 and out[0, 0, 2] < 50  # JET at 1 is red (RGB order)
+    assert out[-1, -1, 2] > 100 and out[-1, -1, 0] < 50  # JET at 0 is blue
+    assert np.array_equal(gradcam.overlay(image, cam, alpha=0.0), image)
+    assert gradcam.overlay(image, cam[:8, :8], 0.5).shape == (32, 32, 3)  # resized to the image
+    with pytest.raises(ValueError):
+        gradcam.overlay(image.astype(np.float32), cam)
+
+
+def image_axes(fig):
+    return [ax for ax in fig.axes if ax.images]
+
+
+def test_gradcam_pairs_figure():
+    imgs = [np.zeros((32, 32, 3), np.uint8)] * 3
+    fig = plots.gradcam_pairs(imgs, imgs, ["true: a\npred: a (0.90)"] * 3, ["green"] * 3, "Grad-CAM", "only 3")
+    axes = image_axes(fig)
+    assert len(axes) == 6
+    assert [ax.get_title() for ax in axes[:2]] == ["true: a\npred: a (0.90)", "Grad-CAM"]
+    assert fig._suptitle.get_text() == "Grad-CAM"
+    assert any(t.get_text() == "only 3" for t in fig.texts)
+    empty = plots.gradcam_pairs([], [], [], title="none", note="no incorrect predictions")
+    assert not image_axes(empty)
+    assert any("no incorrect" in t.get_text() for ax in empty.axes for t in ax.texts)
+
+
+# --- the script ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """Tiny synthetic dataset, a random width-4 checkpoint in the project's format, its predictions."""
+    d = tmp_path_factory.mktemp("gradcam_run")
+    data.write_synthetic(d, train_size=50, test_size=20, num_classes=5, num_coarse=5)
+    test, names, coarse, _ = data.load_test(d)
+    torch.manual_seed(0)
+    model = resnet18(num_classes=5, width=4).eval()
+    torch.nn.init.zeros_(model.fc.bias)  # see `tiny`: keeps the predicted class's map non-constant
+    checkpoint.save(d / "model.pt", {
+        "model_args": {"num_classes": 5, "width": 4}, "recipe": {"width": 4}, "recipe_name": "tiny", "seed": 0,
+        "selection": "last", "epoch": 1, "fine_names": names, "coarse_names": coarse or [],
+        "versions": checkpoint.versions(), "state_dict": model.state_dict(), "metrics": {}})
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(20, 5)).astype(np.float32)
+    np.savez(d / "predictions.npz", logits=logits, labels=test.labels)
+    np.savez(d / "all_correct.npz", logits=np.eye(5, dtype=np.float32)[test.labels] * 5, labels=test.labels)
+    np.savez(d / "wrong_labels.npz", logits=logits, labels=(test.labels + 1) % 5)
+    return d
+
+
+def args(d, out, predictions="predictions.npz", *extra):
+    return ["--checkpoint", str(d / "model.pt"), "--predictions", str(d / predictions), "--data-dir", str(d),
+            "--out-dir", str(out), "--device", "cpu", *extra]
+
+
+def flags_without_default(help_text):
+    """Options whose help entry does not mention a default (or required)."""
+    entries, current = [], None
+    for line in help_text.splitlines():
+        if line.startswith("  -"):
+            current = [line]
+            entries.append(current)
+        elif current is not None and line.startswith("    "):
+            current.append(line)
+        else:
+            current = None
+    return [e[0].split()[0] for e in entries
+            if not e[0].lstrip().startswith("-h") and not any(w in " ".join(e) for w in ("default", "required"))]
+
+
+def test_help(capsys):
+    script = load_script("gradcam")
+    with pytest.raises(SystemExit) as e:
+        script.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--save-maps" in out and "--layer" in out
+    assert flags_without_default(out) == []
+
+
+def test_smoke_writes_every_output(run_dir, tmp_path):
+    load_script("gradcam").main(args(run_dir, tmp_path, "predictions.npz", "--n", "3"))
+    names = {"gradcam_correct.png", "gradcam_incorrect.png", "gradcam_maps.npz", "gradcam_summary.json"}
+    assert names <= {p.name for p in tmp_path.iterdir()}
+    s = json.loads((tmp_path / "gradcam_summary.json").read_text())
+    assert s["layer"] == "layer4" and s["n"] == 3 and 0 <= s["prediction_agreement"] <= 1
+    assert -1 <= s["mean_rank_correlation_randomised"] <= 1
+    with np.load(tmp_path / "gradcam_maps.npz") as f:
+        maps, idx = f["maps"], f["indices"]
+        assert maps.dtype == np.float32 and maps.shape == (len(idx), 32, 32)
+        assert 0 <= maps.min() and maps.max() <= 1
+        assert len(idx) == s["n_correct"] + s["n_incorrect"] == 6 and idx.tolist() == s["indices"]
+        with np.load(run_dir / "predictions.npz") as p:
+            pred = p["logits"].argmax(1)
+        assert np.array_equal(f["classes"], pred[idx])  # the predicted class is explained
+        assert f["correct"][:3].all() and not f["correct"][3:].any()
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temp files
+
+
+def test_fewer_than_n_and_none_of_a_kind(run_dir, tmp_path):
+    load_script("gradcam").main(args(run_dir, tmp_path, "all_correct.npz", "--n", "4", "--no-save-maps"))
+    s = json.loads((tmp_path / "gradcam_summary.json").read_text())
+    assert (s["n_correct"], s["n_incorrect"]) == (4, 0) and s["maps_saved"] is False
+    assert (tmp_path / "gradcam_incorrect.png").is_file() and not (tmp_path / "gradcam_maps.npz").exists()
+
+
+def test_figure_shows_fewer_with_a_note(run_dir):
+    script = load_script("gradcam")
+    test, names, _, _ = data.load_test(run_dir)
+    idx = np.array([0, 1])
+    maps = np.zeros((2, 32, 32), np.float32)
+    pred, conf = test.labels, np.full(len(test.labels), 0.5)
+    fig = script.figure("incorrect", idx, test.images, maps, test.labels, pred, conf, names, 5, "layer4", 0.5, 20)
+    assert len(image_axes(fig)) == 4
+    assert image_axes(fig)[0].get_title() == f"true: {names[test.labels[0]]}\npred: {names[pred[0]]} (0.50)"
+    assert any("only 2 incorrect" in t.get_text() for t in fig.texts)
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("missing_checkpoint", "checkpoint not found"),
+    ("corrupt_checkpoint", "unreadable or unsafe checkpoint"),
+    ("wrong_labels", "labels do not match"),
+    ("unknown_layer", "unknown layer 'layer7'"),
+    ("truncated_predictions", "unreadable predictions"),
+])
+def test_bad_input_exits_2_with_one_line(run_dir, tmp_path, capsys, case, pattern):
+    a = args(run_dir, tmp_path)
+    if case == "missing_checkpoint":
+        a[1] = str(tmp_path / "nope.pt")
+    elif case == "corrupt_checkpoint":
+        (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+        a[1] = str(tmp_path / "bad.pt")
+    elif case == "wrong_labels":
+        a[3] = str(run_dir / "wrong_labels.npz")
+    elif case == "unknown_layer":
+        a += ["--layer", "layer7"]
+    elif case == "truncated_predictions":
+        (tmp_path / "cut.npz").write_bytes((run_dir / "predictions.npz").read_bytes()[:100])
+        a[3] = str(tmp_path / "cut.npz")
+    with pytest.raises(SystemExit) as e:
+        run_cli(load_script("gradcam").main, a)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error: " in err and pattern in err
