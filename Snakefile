@@ -323,7 +323,7 @@ rule aggregate:
         summaries=seeds_of(f"{RUN}/summary.json"),
         histories=seeds_of(f"{RUN}/history.csv"),
         per_class=seeds_of(f"{RUN}/per_class_accuracy.csv"),
-        code=code("aggregate.py", *ANALYSIS),
+        code=code("aggregate.py", *ANALYSIS, "replicates.py"),
     output:
         summary="results/{recipe}/seeds_summary.csv",
         per_class="results/{recipe}/seeds_per_class.csv",
@@ -340,7 +340,7 @@ rule aggregate:
 rule compare:
     input:
         summaries=expand("results/{recipe}/seeds_summary.csv", recipe=config["runs"]),
-        code=code("compare.py", *ANALYSIS),
+        code=code("compare.py", *ANALYSIS, "replicates.py"),
     output:
         table="results/recipes_summary.csv",
         figure=report("results/recipes_comparison.png", caption=caption("recipes_comparison"), category="replicates"),
