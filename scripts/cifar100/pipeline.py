@@ -6,6 +6,7 @@ ToTensor, Normalize) become one gather per batch: each image gets a crop offset 
 normalisation is one fused multiply-add. Same distribution as the notebook, ~10x+ faster.
 """
 
+import functools
 import math
 
 import torch
@@ -37,7 +38,8 @@ class DeviceSplit:
         return self.padded[:, :, PAD:PAD + SIZE, PAD:PAD + SIZE]
 
     def normalise(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        return x_uint8.float() * self.scale + self.shift
+        # One float copy, then in place: (x / 255 - mean) / std as a single multiply-add.
+        return x_uint8.to(torch.float32, copy=True).mul_(self.scale).add_(self.shift)
 
 
 def epoch_generator(seed: int, epoch: int, device) -> torch.Generator:
@@ -55,14 +57,36 @@ def epoch_plan(n: int, generator: torch.Generator, device):
     return perm, offsets, flips
 
 
-def crop_flip(padded: torch.Tensor, idx, offsets, flips) -> torch.Tensor:
-    """Gather SIZE x SIZE windows of ``padded[idx]`` at ``offsets``, mirrored where ``flips``."""
-    ar = torch.arange(SIZE, device=padded.device)
-    rows = offsets[:, 0, None] + ar  # [B, 32]
-    cols = offsets[:, 1, None] + torch.where(flips[:, None], SIZE - 1 - ar, ar)
-    b = idx[:, None, None, None]
-    c = torch.arange(padded.shape[1], device=padded.device)[None, :, None, None]
-    return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+@functools.lru_cache(maxsize=16)
+def _window_offsets(channels: int, height: int, width: int, device: torch.device,
+                    channels_last: bool) -> torch.Tensor:
+    """Flat offsets of the SIZE x SIZE window at (0, 0) of one padded image: [plain, mirrored]."""
+    ar = torch.arange(SIZE, device=device)
+    plane = torch.arange(channels, device=device)[:, None, None] * (height * width)
+    rows = (ar * width)[None, :, None]
+    table = torch.stack([plane + rows + ar, plane + rows + (SIZE - 1 - ar)])  # [2, C, SIZE, SIZE]
+    if channels_last:
+        table = table.permute(0, 2, 3, 1)
+    return table.reshape(2, -1)
+
+
+def crop_flip(padded: torch.Tensor, idx, offsets, flips, channels_last: bool = False) -> torch.Tensor:
+    """Gather SIZE x SIZE windows of ``padded[idx]`` at ``offsets``, mirrored where ``flips``.
+
+    One flat ``index_select`` per batch: an image's window is a fixed table of offsets
+    (mirrored or not) shifted by its start. int32 indices where they fit make the gather
+    several times faster on the CPU than four broadcast index tensors. With ``channels_last``
+    the result is written in NHWC order (a channels_last NCHW tensor), saving a copy.
+    """
+    _, c, h, w = padded.shape
+    itype = torch.int32 if padded.numel() < 2**31 else torch.int64
+    table = _window_offsets(c, h, w, padded.device, channels_last).to(itype)
+    start = (idx * (c * h * w) + offsets[:, 0] * w + offsets[:, 1]).to(itype)
+    flat = start[:, None] + table.index_select(0, flips.long())
+    out = padded.reshape(-1).index_select(0, flat.reshape(-1))
+    if channels_last:
+        return out.view(len(idx), SIZE, SIZE, c).permute(0, 3, 1, 2)
+    return out.view(len(idx), c, SIZE, SIZE)
 
 
 def num_batches(n: int, batch_size: int) -> int:
@@ -75,12 +99,13 @@ def train_batches(split: DeviceSplit, batch_size: int, seed: int, epoch: int, st
     """Yield (step, x, y) of one augmented training epoch, from step ``start`` on."""
     n = len(split)
     perm, offsets, flips = epoch_plan(n, epoch_generator(seed, epoch, split.device), split.device)
+    # Put the epoch's plan in visiting order once, so a step only slices (no per-step gathers).
+    offsets, flips, labels = offsets[perm], flips[perm], split.labels[perm]
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for step in range(start, num_batches(n, batch_size)):
         sl = slice(step * batch_size, (step + 1) * batch_size)
-        idx = perm[sl]
-        x = split.normalise(crop_flip(split.padded, idx, offsets[idx], flips[idx]))
-        yield step, x.contiguous(memory_format=fmt), split.labels[idx]
+        x = split.normalise(crop_flip(split.padded, perm[sl], offsets[sl], flips[sl], channels_last))
+        yield step, x.contiguous(memory_format=fmt), labels[sl]
 
 
 def eval_batches(split: DeviceSplit, batch_size: int = 1000, channels_last: bool = False):

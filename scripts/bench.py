@@ -1,0 +1,424 @@
+#!/usr/bin/env python
+"""Benchmark this project's training pipeline against the notebook's, side by side, in one process.
+
+    python scripts/bench.py --device cpu                          # this repository's CPU figures
+    python scripts/bench.py --device cuda --json bench.json       # on a GPU: the H100 targets
+    python scripts/bench.py --device cuda --compile --precision fp32
+
+Both pipelines train the same ResNet-18 (cifar100.model) with the baseline recipe's optimizer
+(config.yaml) at the same batch size, on synthetic data of CIFAR-100's real shape (uint8
+50,000 x 32 x 32 x 3 train images, 100 classes; 10,000 test images):
+
+  (a) project    the code training runs: cifar100.pipeline (whole split on the device, batched
+                 crop+flip gather, fused normalisation), cifar100.engine's optimizer, autocast and
+                 evaluate; the step loop mirrors engine.train (device-side accumulation, NaN check).
+                 On CUDA: channels_last, --precision autocast, optional torch.compile.
+  (b) reference  the notebook: a Dataset returning PIL images through RandomCrop(32, padding=4),
+                 RandomHorizontalFlip, ToTensor, Normalize; DataLoader(batch, shuffle, 2 workers);
+                 fp32, NCHW, default torch.optim.SGD, loss.item() every step.
+
+For each: data-pipeline images/s alone, training-step images/s (data included), evaluation
+images/s, peak memory (CUDA: torch.cuda.max_memory_allocated; CPU: the main process's peak RSS,
+VmHWM reset before each phase, DataLoader workers not included), the ratios (a)/(b), the projected
+100-epoch wall time 100 * (50000/train_ips + 10000/eval_ips) and the issue's targets. Warm-up
+steps are not timed; CUDA timings are bracketed by torch.cuda.synchronize.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cifar100 import config as cfg
+from cifar100 import engine
+from cifar100.model import resnet18
+from cifar100.pipeline import MEAN, PAD, SIZE, STD, DeviceSplit, num_batches, train_batches
+
+TRAIN_SIZE, TEST_SIZE, NUM_CLASSES = 50_000, 10_000, 100
+GPU_TARGETS = {"train_ratio": 5.0, "train_ips": 30_000.0, "projected_100_epochs_s": 180.0, "peak_memory_gb": 3.0}
+CPU_TARGETS = {"data_ratio": 10.0, "train_ratio": 1.0, "eval_ratio": 1.0}
+# Per-device defaults: a GPU needs many steps for a stable figure, the CPU needs few to finish quickly.
+# On 2 CPU cores a width-64 step takes seconds, so the CPU default is width 16 (same architecture).
+DEFAULTS = {"cuda": {"steps": 200, "warmup": 20, "data_batches": 200, "eval_n": 10_000, "width": 64},
+            "cpu": {"steps": 6, "warmup": 1, "data_batches": 100, "eval_n": 1000, "width": 16}}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto (default: %(default)s)")
+    p.add_argument("--steps", type=int, help="timed training steps per pipeline "
+                   f"(default: {DEFAULTS['cuda']['steps']} on CUDA, {DEFAULTS['cpu']['steps']} on the CPU)")
+    p.add_argument("--warmup", type=int, help="untimed warm-up steps before each timed region "
+                   f"(default: {DEFAULTS['cuda']['warmup']} on CUDA, {DEFAULTS['cpu']['warmup']} on the CPU)")
+    p.add_argument("--data-batches", type=int, help="timed batches of the data pipeline alone "
+                   f"(default: {DEFAULTS['cuda']['data_batches']} on CUDA, {DEFAULTS['cpu']['data_batches']} on the CPU)")
+    p.add_argument("--eval-n", type=int, help="test images evaluated in the timed pass "
+                   f"(default: {DEFAULTS['cuda']['eval_n']} on CUDA, {DEFAULTS['cpu']['eval_n']} on the CPU)")
+    p.add_argument("--eval-batch", type=int, default=1000,
+                   help="evaluation batch of (a), engine.evaluate's, which training uses (default: %(default)s)")
+    p.add_argument("--n", type=int, default=TRAIN_SIZE, help="synthetic training images (default: %(default)s)")
+    p.add_argument("--width", type=int, help="ResNet-18 width (default: 64, the baseline recipe's, on CUDA; "
+                   f"{DEFAULTS['cpu']['width']} on the CPU, so that the default run takes under 3 minutes)")
+    p.add_argument("--batch-size", type=int, help="training batch size (default: the baseline recipe's, 128)")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                   help="autocast of (a) on CUDA; the CPU and (b) always run fp32 (default: %(default)s)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile the model of (a) (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of (b) (default: %(default)s)")
+    p.add_argument("--config", default=str(cfg.REPO_CONFIG),
+                   help="config holding the baseline recipe (default: config.yaml at the repository root)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own, one per core)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the shuffles (default: %(default)s)")
+    p.add_argument("--json", help="also write the results as JSON to this path (default: none)")
+    return p
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
+    args.device = engine.pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for key, value in DEFAULTS[args.device.type if args.device.type == "cuda" else "cpu"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+# ---- measurement helpers ------------------------------------------------------------------
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Peak memory of one phase: CUDA allocator peak, or the main process's peak RSS on the CPU."""
+
+    def __init__(self, device):
+        self.device = device
+        self.kind = ("cuda max_memory_allocated" if device.type == "cuda" else
+                     "process peak RSS (VmHWM, reset per phase)" if self._can_reset() else
+                     "process peak RSS since start (getrusage ru_maxrss, cumulative)")
+
+    @staticmethod
+    def _can_reset() -> bool:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            return "VmHWM" in Path("/proc/self/status").read_text()
+        except OSError:
+            return False
+
+    def reset(self):
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif "VmHWM" in self.kind:
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def peak_bytes(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        if "VmHWM" in self.kind:
+            line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
+            return int(line.split()[1]) * 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def timed(device, fn, count: int) -> float:
+    """Seconds taken by ``count`` calls of ``fn``, the device drained before and after."""
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(count):
+        fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def synthetic(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8),
+            rng.integers(0, NUM_CLASSES, n, dtype=np.int64))
+
+
+# ---- (a) this project's pipeline ----------------------------------------------------------
+
+def project_batches(split, batch_size, seed, channels_last):
+    """Epoch after epoch of cifar100.pipeline.train_batches, as training draws them."""
+    epoch = 1
+    while True:
+        yield from train_batches(split, batch_size, seed, epoch, channels_last=channels_last)
+        epoch += 1
+
+
+def bench_project(args, recipe, train_np, test_np, mem):
+    device, cuda = args.device, args.device.type == "cuda"
+    res = {}
+    mem.reset()
+    train_split = DeviceSplit(*train_np, device)
+    test_split = DeviceSplit(*test_np, device)
+
+    batches = project_batches(train_split, recipe["batch_size"], args.seed, cuda)
+    for _ in range(args.warmup):
+        next(batches)
+    s = timed(device, lambda: next(batches), args.data_batches)
+    res["data_ips"] = args.data_batches * recipe["batch_size"] / s
+
+    # The step of engine.train, line for line.
+    model = resnet18(NUM_CLASSES, recipe["width"]).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    opt = engine.make_optimizer(model, recipe, device)
+    criterion = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
+    net = torch.compile(model) if args.compile else model
+    amp = engine.autocast_for(device, args.precision)
+    steps_per_epoch = num_batches(len(train_split), recipe["batch_size"])
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    first_bad = torch.tensor(-1, device=device)
+    batches = project_batches(train_split, recipe["batch_size"], args.seed, cuda)
+
+    def step():
+        nonlocal loss_sum, correct, first_bad
+        i, x, y = next(batches)
+        with amp():
+            out = net(x)
+            loss = criterion(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.detach().double() * len(y)
+        correct += (out.argmax(1) == y).sum()
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i + 1, first_bad)
+        if (not cuda or (i + 1) % engine.CUDA_CHECK_EVERY == 0 or i + 1 == steps_per_epoch) and first_bad.item() >= 0:
+            raise RuntimeError("benchmark training diverged")
+
+    model.train()
+    for _ in range(args.warmup):
+        step()
+    s = timed(device, step, args.steps)
+    res["train_ips"] = args.steps * recipe["batch_size"] / s
+
+    # evaluate() switches to eval mode; warm it up (cuDNN autotuning, compilation) once, untimed.
+    engine.evaluate(net, test_split, amp, cuda, args.eval_batch)
+    s = timed(device, lambda: engine.evaluate(net, test_split, amp, cuda, args.eval_batch), 1)
+    res["eval_ips"] = len(test_split) / s
+    res["peak_memory_bytes"] = mem.peak_bytes()
+    del model, net, opt, train_split, test_split, batches
+    return res
+
+
+# ---- (b) the notebook's pipeline ----------------------------------------------------------
+
+class NotebookDataset(torch.utils.data.Dataset):
+    """What torchvision.datasets.CIFAR100 does per item: a PIL image from the uint8 array, transformed."""
+
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+class Cycle:
+    """Batches of a DataLoader epoch after epoch (a new epoch restarts the workers, as in the notebook)."""
+
+    def __init__(self, loader):
+        self.loader, self.it = loader, iter(loader)
+
+    def __next__(self):
+        try:
+            return next(self.it)
+        except StopIteration:
+            self.it = iter(self.loader)
+            return next(self.it)
+
+    def close(self):
+        self.it = None  # the iterator's finaliser shuts its workers down
+
+
+def bench_reference(args, recipe, train_np, test_np, mem):
+    from torchvision import transforms as T
+
+    device = args.device
+    res = {}
+    mem.reset()
+    normalize = T.Normalize(MEAN, STD)
+    train_tf = T.Compose([T.RandomCrop(SIZE, padding=PAD), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
+    test_tf = T.Compose([T.ToTensor(), normalize])
+    g = torch.Generator().manual_seed(args.seed)
+    train_loader = torch.utils.data.DataLoader(NotebookDataset(*train_np, train_tf), batch_size=recipe["batch_size"],
+                                               shuffle=True, num_workers=args.workers, generator=g)
+    test_loader = torch.utils.data.DataLoader(NotebookDataset(*test_np, test_tf), batch_size=recipe["batch_size"],
+                                              shuffle=False, num_workers=args.workers)
+
+    def fetch():
+        x, y = next(batches)
+        return x.to(device), y.to(device)
+
+    batches = Cycle(train_loader)
+    for _ in range(max(args.warmup, 1)):  # the first batch waits for the workers to start
+        fetch()
+    s = timed(device, fetch, args.data_batches)
+    res["data_ips"] = args.data_batches * recipe["batch_size"] / s
+    batches.close()
+
+    model = resnet18(NUM_CLASSES, recipe["width"]).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
+                          weight_decay=recipe["weight_decay"], nesterov=recipe["nesterov"])
+    criterion = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
+    stats = {"loss": 0.0, "correct": 0}
+
+    def step():
+        x, y = fetch()
+        opt.zero_grad()
+        out = model(x)
+        loss = criterion(out, y)
+        loss.backward()
+        opt.step()
+        stats["loss"] += loss.item()
+        stats["correct"] += (out.argmax(1) == y).sum().item()
+
+    batches = Cycle(train_loader)
+    model.train()
+    for _ in range(max(args.warmup, 1)):
+        step()
+    s = timed(device, step, args.steps)
+    res["train_ips"] = args.steps * recipe["batch_size"] / s
+    batches.close()
+
+    model.eval()
+    with torch.no_grad():
+        it = iter(test_loader)
+        x, y = next(it)  # untimed: waits for the workers to start
+        model(x.to(device))
+        count, correct = 0, 0
+
+        def eval_batch():
+            nonlocal count, correct
+            x, y = next(it)
+            x, y = x.to(device), y.to(device)
+            correct += (model(x).argmax(1) == y).sum().item()
+            count += len(y)
+
+        s = timed(device, eval_batch, len(test_loader) - 1)
+        del it
+    res["eval_ips"] = count / s
+    res["peak_memory_bytes"] = mem.peak_bytes()
+    del model, opt
+    return res
+
+
+# ---- report -------------------------------------------------------------------------------
+
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        model = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                     if l.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def projected_100_epochs(r: dict) -> float:
+    return 100 * (TRAIN_SIZE / r["train_ips"] + TEST_SIZE / r["eval_ips"])
+
+
+def targets(results: dict, cuda: bool) -> dict:
+    a, ratios = results["project"], results["ratios"]
+    if cuda:
+        values = {"train_ratio": (ratios["train_ips"], ">="), "train_ips": (a["train_ips"], ">="),
+                  "projected_100_epochs_s": (a["projected_100_epochs_s"], "<"),
+                  "peak_memory_gb": (a["peak_memory_bytes"] / 1e9, "<")}
+        limits = GPU_TARGETS
+    else:
+        values = {"data_ratio": (ratios["data_ips"], ">="), "train_ratio": (ratios["train_ips"], ">="),
+                  "eval_ratio": (ratios["eval_ips"], ">=")}
+        limits = CPU_TARGETS
+    out = {}
+    for key, (value, op) in values.items():
+        ok = value >= limits[key] if op == ">=" else value < limits[key]
+        out[key] = {"value": value, "target": f"{op} {limits[key]:g}", "pass": bool(ok)}
+    return out
+
+
+def report(results: dict) -> str:
+    a, b, ratios = results["project"], results["reference"], results["ratios"]
+    rows = [("data pipeline (img/s)", "data_ips", "{:,.0f}"), ("training step (img/s)", "train_ips", "{:,.0f}"),
+            ("evaluation (img/s)", "eval_ips", "{:,.0f}"), ("peak memory (MB)", "peak_memory_bytes", "{:,.0f}"),
+            ("projected 100 epochs (s)", "projected_100_epochs_s", "{:,.1f}")]
+    lines = [f"device: {results['device_name']} ({results['device']})",
+             f"settings: batch {results['batch_size']}, width {results['width']}, n {results['n']}, "
+             f"steps {results['steps']} (+{results['warmup']} warm-up), data batches {results['data_batches']}, "
+             f"eval images {results['eval_n']} (batch {results['eval_batch']} / {results['batch_size']}), precision {results['precision']}, compile {results['compile']}",
+             f"peak memory: {results['memory_kind']}; load average {results['loadavg_start']} -> {results['loadavg_end']}",
+             "", f"{'':28s}{'(a) project':>16s}{'(b) notebook':>16s}{'(a)/(b)':>10s}"]
+    for label, key, fmt in rows:
+        div = 1e6 if key == "peak_memory_bytes" else 1
+        ratio = f"{ratios[key]:.2f}x" if key in ratios else ""
+        lines.append(f"{label:28s}{fmt.format(a[key] / div):>16s}{fmt.format(b[key] / div):>16s}{ratio:>10s}")
+    lines += ["", "projected 100-epoch wall time = 100 * (50000/train_ips + 10000/eval_ips), "
+              f"(a): {a['projected_100_epochs_s']:.1f} s = {a['projected_100_epochs_s'] / 60:.1f} min",
+              f"targets ({'H100' if results['device'] == 'cuda' else 'CPU'}):"]
+    for key, t in results["targets"].items():
+        lines.append(f"  {key:24s} {t['value']:12,.2f}  {t['target']:>10s}  {'PASS' if t['pass'] else 'FAIL'}")
+    if results["device"] == "cuda" and (results["width"] != 64 or results["batch_size"] != 128):
+        lines.append("  (the H100 targets are defined for width 64 and batch 128)")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cuda = args.device.type == "cuda"
+    recipe = dict(cfg.load(args.config)["recipes"]["baseline"])
+    recipe["width"] = args.width
+    recipe["batch_size"] = args.batch_size or recipe["batch_size"]
+    if args.eval_n <= recipe["batch_size"]:
+        raise SystemExit(f"--eval-n must exceed the batch size ({recipe['batch_size']}): "
+                         "the reference's first evaluation batch is its untimed warm-up")
+    engine.seed_everything(args.seed, deterministic=False)
+    load0 = os.getloadavg()
+    train_np = synthetic(args.n, args.seed)
+    test_np = synthetic(args.eval_n, args.seed + 1)
+    mem = PeakMemory(args.device)
+
+    results = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "device": args.device.type,
+               "device_name": device_name(args.device), "torch": torch.__version__, "python": sys.version.split()[0],
+               "batch_size": recipe["batch_size"], "width": recipe["width"], "n": args.n, "steps": args.steps,
+               "warmup": args.warmup, "data_batches": args.data_batches, "eval_n": args.eval_n,
+               "eval_batch": args.eval_batch,
+               "precision": args.precision if cuda else "fp32", "compile": args.compile, "workers": args.workers,
+               "memory_kind": mem.kind, "loadavg_start": [round(x, 2) for x in load0]}
+    t0 = time.perf_counter()
+    results["project"] = bench_project(args, recipe, train_np, test_np, mem)
+    results["reference"] = bench_reference(args, recipe, train_np, test_np, mem)
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    for r in (results["project"], results["reference"]):
+        r["projected_100_epochs_s"] = projected_100_epochs(r)
+    results["ratios"] = {k: results["project"][k] / results["reference"][k]
+                         for k in ("data_ips", "train_ips", "eval_ips")}
+    results["targets"] = targets(results, cuda)
+    print(report(results))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
