@@ -24,7 +24,7 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", required=True, help="model.pt written by train.py (required)")
     p.add_argument("--data-dir", default="data", help="folder holding cifar-100-python/ (default: %(default)s)")
     p.add_argument("--out-dir", help="where to write (default: the checkpoint's folder)")
-    p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, help="evaluation batch (default: 1000 on CUDA, 256 on the CPU)")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="fp32",
                    help="CUDA autocast for evaluation (default: %(default)s, exact logits)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default: %(default)s)")

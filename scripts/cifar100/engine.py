@@ -145,9 +145,16 @@ class Progress:
             print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
 
 
+def eval_batch_size(device: torch.device) -> int:
+    # Large batches keep a GPU busy; on a CPU, activations of ~256 images still fit in cache
+    # (1000 measured about 2x slower than 128 here).
+    return 1000 if device.type == "cuda" else 256
+
+
 @torch.no_grad()
-def evaluate(model, split: DeviceSplit, amp, channels_last=False, batch_size=1000):
+def evaluate(model, split: DeviceSplit, amp, channels_last=False, batch_size=None):
     """Mean cross-entropy and top-1 accuracy of ``model`` on ``split`` (one sync at the end)."""
+    batch_size = batch_size or eval_batch_size(split.device)
     model.eval()
     loss = torch.zeros((), device=split.device)
     correct = torch.zeros((), device=split.device, dtype=torch.long)
@@ -160,8 +167,9 @@ def evaluate(model, split: DeviceSplit, amp, channels_last=False, batch_size=100
 
 
 @torch.no_grad()
-def predict(model, split: DeviceSplit, amp, channels_last=False, batch_size=1000) -> torch.Tensor:
+def predict(model, split: DeviceSplit, amp, channels_last=False, batch_size=None) -> torch.Tensor:
     """Logits (float32, CPU) for every image of ``split``, in order."""
+    batch_size = batch_size or eval_batch_size(split.device)
     model.eval()
     outs = []
     for x, _ in eval_batches(split, batch_size, channels_last):
