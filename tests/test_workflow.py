@@ -73,6 +73,8 @@ def test_training_learned_and_seeds_differ(run):
     _, wd = run
     logits = [np.load(wd / f"results/baseline/seed{s}/predictions.npz")["logits"] for s in (0, 1)]
     assert logits[0].shape == (200, 10) and not np.array_equal(logits[0], logits[1])
+    labels = np.load(wd / "results/baseline/seed0/predictions.npz")["labels"]
+    assert all((lg.argmax(1) == labels).mean() > 0.3 for lg in logits)  # chance is 0.1
 
 
 def test_up_to_date_after_the_run(run):
