@@ -42,9 +42,13 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-def code(script, *modules):
-    """Source files a rule runs: its script in scripts/ and the package modules it imports."""
-    return [str(SCRIPTS / script), *(str(PKG / m) for m in modules)]
+def script(name):
+    return str(SCRIPTS / name)
+
+
+def modules(*names):
+    """Package modules a rule's script imports: inputs, so that editing one reruns the rule."""
+    return [str(PKG / n) for n in names]
 
 
 CORE = ["data.py", "files.py", "errors.py"]
@@ -77,7 +81,9 @@ def download_flags(wildcards):
         "synthetic-seed": "seed",
         "noise": "noise",
     }
-    return "--dataset synthetic " + " ".join(f"--{f} {s[k]}" for f, k in flags.items() if k in s)
+    return "--dataset synthetic " + " ".join(
+        f"--{f} {s[k]}" for f, k in flags.items() if k in s
+    )
 
 
 def gradcam_outputs():
@@ -96,12 +102,32 @@ def run_outputs():
         "classification_report.txt", "reliability_diagram.png", "summary.json",
         "gradcam_correct.png", "gradcam_incorrect.png", *gradcam_outputs(),
     ]  # fmt: skip
-    return expand(f"{RUN}/{{name}}", recipe=config["runs"], seed=config["seeds"], name=per_run)
+    return expand(
+        f"{RUN}/{{name}}", recipe=config["runs"], seed=config["seeds"], name=per_run
+    )
 
 
 def seeds_of(pattern):
     """One file per seed of a recipe, e.g. every seed's summary.json."""
-    return lambda wc: expand(pattern, recipe=wc.recipe, seed=config["seeds"])
+
+    def files(wildcards):
+        return expand(pattern, recipe=wildcards.recipe, seed=config["seeds"])
+
+    return files
+
+
+def data_dir(wildcards, input):
+    """data_dir, as the folder above cifar-100-python/ of the dataset inputs."""
+    return str(Path(input.data[0]).parents[1])
+
+
+def download_dir(wildcards, output):
+    return str(Path(output.meta).parents[1])
+
+
+def run_dir(wildcards, output):
+    """The folder of a rule's outputs (scripts take a folder and write fixed names into it)."""
+    return str(Path(output[0]).parent)
 
 
 def caption(name):
@@ -128,24 +154,28 @@ rule all:
 
 
 rule download:
+    input:
+        script=script("download.py"),
     output:
         train=DATASET[0],
         test=DATASET[1],
         meta=DATASET[2],
     log:
         "results/logs/download.log",
-    params:
-        flags=download_flags,
     conda:
         "envs/train.yaml"
+    params:
+        data_dir=download_dir,
+        flags=download_flags,
     shell:
-        "python {SCRIPTS}/download.py --data-dir {DATA} {params.flags} > {log} 2>&1"
+        "python {input.script} --data-dir {params.data_dir} {params.flags} > {log} 2>&1"
 
 
 rule train:
     input:
         data=DATASET,
-        code=code("train.py", *CORE, *MODEL, "config.py"),
+        script=script("train.py"),
+        code=modules(*CORE, *MODEL, "config.py"),
     output:
         model=f"{RUN}/model.pt",
         history=f"{RUN}/history.csv",
@@ -153,26 +183,28 @@ rule train:
         f"{RUN}/logs/train.log",
     benchmark:
         f"{RUN}/benchmarks/train.tsv"
-    params:
-        recipe=recipe_json,
-        flags=train_flags,
-        out_dir=RUN,
-    threads: 4
     conda:
         "envs/train.yaml"
+    threads: 4
+    params:
+        data_dir=data_dir,
+        out_dir=run_dir,
+        recipe=recipe_json,
+        flags=train_flags,
     # exec: the signals SLURM sends before a time limit reach python, not an intermediate shell.
     # >>: a resumed attempt appends to the log of the attempt it continues.
     shell:
-        "exec python {SCRIPTS}/train.py --recipe {wildcards.recipe} --recipe-json {params.recipe:q}"
-        " --seed {wildcards.seed} --data-dir {DATA} --out-dir {params.out_dir} {params.flags}"
-        " >> {log} 2>&1"
+        "exec python {input.script} --recipe {wildcards.recipe} --recipe-json {params.recipe:q}"
+        " --seed {wildcards.seed} --data-dir {params.data_dir} --out-dir {params.out_dir}"
+        " {params.flags} >> {log} 2>&1"
 
 
 rule evaluate:
     input:
         data=DATASET,
         model=rules.train.output.model,
-        code=code("evaluate.py", *CORE, *MODEL),
+        script=script("evaluate.py"),
+        code=modules(*CORE, *MODEL),
     output:
         predictions=f"{RUN}/predictions.npz",
         metrics=f"{RUN}/metrics.json",
@@ -180,12 +212,13 @@ rule evaluate:
         f"{RUN}/logs/evaluate.log",
     benchmark:
         f"{RUN}/benchmarks/evaluate.tsv"
-    params:
-        out_dir=RUN,
     conda:
         "envs/train.yaml"
+    params:
+        data_dir=data_dir,
+        out_dir=run_dir,
     shell:
-        "python {SCRIPTS}/evaluate.py --checkpoint {input.model} --data-dir {DATA}"
+        "python {input.script} --checkpoint {input.model} --data-dir {params.data_dir}"
         " --out-dir {params.out_dir} > {log} 2>&1"
 
 
@@ -193,53 +226,83 @@ rule samples:
     input:
         data=DATASET,
         predictions=rules.evaluate.output.predictions,
-        code=code("samples.py", *ANALYSIS),
+        script=script("samples.py"),
+        code=modules(*ANALYSIS),
     output:
-        report(f"{RUN}/samples.png", caption=caption("samples"), category="evaluation", subcategory="{recipe} seed {seed}"),
+        figure=report(
+            f"{RUN}/samples.png",
+            caption=caption("samples"),
+            category="evaluation",
+            subcategory="{recipe} seed {seed}",
+        ),
     log:
         f"{RUN}/logs/samples.log",
-    params:
-        n=SIZES["samples"],
     conda:
         "envs/analysis.yaml"
+    params:
+        data_dir=data_dir,
+        n=SIZES["samples"],
     shell:
-        "python {SCRIPTS}/samples.py --predictions {input.predictions} --data-dir {DATA}"
-        " --n {params.n} --out {output} > {log} 2>&1"
+        "python {input.script} --predictions {input.predictions} --data-dir {params.data_dir}"
+        " --n {params.n} --out {output.figure} > {log} 2>&1"
 
 
 rule curves:
     input:
         history=rules.train.output.history,
-        code=code("curves.py", *ANALYSIS),
+        script=script("curves.py"),
+        code=modules(*ANALYSIS),
     output:
-        report(f"{RUN}/training_curves.png", caption=caption("training_curves"), category="training", subcategory="{recipe} seed {seed}"),
+        figure=report(
+            f"{RUN}/training_curves.png",
+            caption=caption("training_curves"),
+            category="training",
+            subcategory="{recipe} seed {seed}",
+        ),
     log:
         f"{RUN}/logs/curves.log",
     conda:
         "envs/analysis.yaml"
     shell:
-        "python {SCRIPTS}/curves.py --history {input.history} --out {output} > {log} 2>&1"
+        "python {input.script} --history {input.history} --out {output.figure} > {log} 2>&1"
 
 
 rule confusion:
     input:
         data=DATASET,
         predictions=rules.evaluate.output.predictions,
-        code=code("confusion.py", *ANALYSIS),
+        script=script("confusion.py"),
+        code=modules(*ANALYSIS),
     output:
-        matrix=report(f"{RUN}/confusion_matrix.png", caption=caption("confusion_matrix"), category="evaluation", subcategory="{recipe} seed {seed}"),
+        matrix=report(
+            f"{RUN}/confusion_matrix.png",
+            caption=caption("confusion_matrix"),
+            category="evaluation",
+            subcategory="{recipe} seed {seed}",
+        ),
         per_class=f"{RUN}/per_class_accuracy.csv",
-        extremes=report(f"{RUN}/class_extremes.png", caption=caption("class_extremes"), category="evaluation", subcategory="{recipe} seed {seed}"),
-        superclass=report(f"{RUN}/superclass_confusion.png", caption=caption("superclass_confusion"), category="evaluation", subcategory="{recipe} seed {seed}"),
+        extremes=report(
+            f"{RUN}/class_extremes.png",
+            caption=caption("class_extremes"),
+            category="evaluation",
+            subcategory="{recipe} seed {seed}",
+        ),
+        superclass=report(
+            f"{RUN}/superclass_confusion.png",
+            caption=caption("superclass_confusion"),
+            category="evaluation",
+            subcategory="{recipe} seed {seed}",
+        ),
         summary=f"{RUN}/confusion_summary.json",
     log:
         f"{RUN}/logs/confusion.log",
-    params:
-        out_dir=RUN,
     conda:
         "envs/analysis.yaml"
+    params:
+        data_dir=data_dir,
+        out_dir=run_dir,
     shell:
-        "python {SCRIPTS}/confusion.py --predictions {input.predictions} --data-dir {DATA}"
+        "python {input.script} --predictions {input.predictions} --data-dir {params.data_dir}"
         " --out-dir {params.out_dir} > {log} 2>&1"
 
 
@@ -247,22 +310,34 @@ rule errors:
     input:
         data=DATASET,
         predictions=rules.evaluate.output.predictions,
-        code=code("errors.py", *ANALYSIS),
+        script=script("errors.py"),
+        code=modules(*ANALYSIS),
     output:
-        gallery=report(f"{RUN}/errors_gallery.png", caption=caption("errors_gallery"), category="errors", subcategory="{recipe} seed {seed}"),
+        gallery=report(
+            f"{RUN}/errors_gallery.png",
+            caption=caption("errors_gallery"),
+            category="errors",
+            subcategory="{recipe} seed {seed}",
+        ),
         pairs=f"{RUN}/confusion_pairs.csv",
-        histogram=report(f"{RUN}/confidence_histogram.png", caption=caption("confidence_histogram"), category="errors", subcategory="{recipe} seed {seed}"),
+        histogram=report(
+            f"{RUN}/confidence_histogram.png",
+            caption=caption("confidence_histogram"),
+            category="errors",
+            subcategory="{recipe} seed {seed}",
+        ),
         summary=f"{RUN}/errors_summary.json",
     log:
         f"{RUN}/logs/errors.log",
-    params:
-        out_dir=RUN,
-        gallery=SIZES["gallery_size"],
-        pairs=SIZES["top_pairs"],
     conda:
         "envs/analysis.yaml"
+    params:
+        data_dir=data_dir,
+        out_dir=run_dir,
+        gallery=SIZES["gallery_size"],
+        pairs=SIZES["top_pairs"],
     shell:
-        "python {SCRIPTS}/errors.py --predictions {input.predictions} --data-dir {DATA}"
+        "python {input.script} --predictions {input.predictions} --data-dir {params.data_dir}"
         " --gallery-size {params.gallery} --top-pairs {params.pairs} --out-dir {params.out_dir} > {log} 2>&1"
 
 
@@ -271,23 +346,30 @@ rule report:
         data=DATASET,
         predictions=rules.evaluate.output.predictions,
         metrics=rules.evaluate.output.metrics,
-        code=code("report.py", *ANALYSIS),
+        script=script("report.py"),
+        code=modules(*ANALYSIS),
     output:
         csv=f"{RUN}/classification_report.csv",
         json=f"{RUN}/classification_report.json",
         txt=f"{RUN}/classification_report.txt",
-        reliability=report(f"{RUN}/reliability_diagram.png", caption=caption("reliability_diagram"), category="evaluation", subcategory="{recipe} seed {seed}"),
+        reliability=report(
+            f"{RUN}/reliability_diagram.png",
+            caption=caption("reliability_diagram"),
+            category="evaluation",
+            subcategory="{recipe} seed {seed}",
+        ),
         summary=f"{RUN}/summary.json",
     log:
         f"{RUN}/logs/report.log",
-    params:
-        out_dir=RUN,
-        bins=SIZES["ece_bins"],
     conda:
         "envs/analysis.yaml"
+    params:
+        data_dir=data_dir,
+        out_dir=run_dir,
+        bins=SIZES["ece_bins"],
     shell:
-        "python {SCRIPTS}/report.py --predictions {input.predictions} --metrics {input.metrics}"
-        " --data-dir {DATA} --ece-bins {params.bins} --out-dir {params.out_dir} > {log} 2>&1"
+        "python {input.script} --predictions {input.predictions} --metrics {input.metrics}"
+        " --data-dir {params.data_dir} --ece-bins {params.bins} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 # Grad-CAM runs the model, so it goes to a GPU node with the training environment.
@@ -296,25 +378,37 @@ rule gradcam:
         data=DATASET,
         model=rules.train.output.model,
         predictions=rules.evaluate.output.predictions,
-        code=code("gradcam.py", *ANALYSIS, *MODEL, "gradcam.py"),
+        script=script("gradcam.py"),
+        code=modules(*ANALYSIS, *MODEL, "gradcam.py"),
     output:
-        correct=report(f"{RUN}/gradcam_correct.png", caption=caption("gradcam_correct"), category="interpretability", subcategory="{recipe} seed {seed}"),
-        incorrect=report(f"{RUN}/gradcam_incorrect.png", caption=caption("gradcam_incorrect"), category="interpretability", subcategory="{recipe} seed {seed}"),
+        correct=report(
+            f"{RUN}/gradcam_correct.png",
+            caption=caption("gradcam_correct"),
+            category="interpretability",
+            subcategory="{recipe} seed {seed}",
+        ),
+        incorrect=report(
+            f"{RUN}/gradcam_incorrect.png",
+            caption=caption("gradcam_incorrect"),
+            category="interpretability",
+            subcategory="{recipe} seed {seed}",
+        ),
         extra=[f"{RUN}/{name}" for name in gradcam_outputs()],
     log:
         f"{RUN}/logs/gradcam.log",
     benchmark:
         f"{RUN}/benchmarks/gradcam.tsv"
+    conda:
+        "envs/train.yaml"
     params:
-        out_dir=RUN,
+        data_dir=data_dir,
+        out_dir=run_dir,
         n=SIZES["gradcam_images"],
         layer=SIZES["gradcam_layer"],
         maps="--save-maps" if SIZES.get("gradcam_save_maps", True) else "--no-save-maps",
-    conda:
-        "envs/train.yaml"
     shell:
-        "python {SCRIPTS}/gradcam.py --checkpoint {input.model} --predictions {input.predictions}"
-        " --data-dir {DATA} --n {params.n} --layer {params.layer} {params.maps}"
+        "python {input.script} --checkpoint {input.model} --predictions {input.predictions}"
+        " --data-dir {params.data_dir} --n {params.n} --layer {params.layer} {params.maps}"
         " --out-dir {params.out_dir} > {log} 2>&1"
 
 
@@ -323,31 +417,44 @@ rule aggregate:
         summaries=seeds_of(f"{RUN}/summary.json"),
         histories=seeds_of(f"{RUN}/history.csv"),
         per_class=seeds_of(f"{RUN}/per_class_accuracy.csv"),
-        code=code("aggregate.py", *ANALYSIS, "replicates.py"),
+        script=script("aggregate.py"),
+        code=modules(*ANALYSIS, "replicates.py"),
     output:
         summary="results/{recipe}/seeds_summary.csv",
         per_class="results/{recipe}/seeds_per_class.csv",
-        curves=report("results/{recipe}/seeds_curves.png", caption=caption("seeds_curves"), category="replicates", subcategory="{recipe}"),
+        curves=report(
+            "results/{recipe}/seeds_curves.png",
+            caption=caption("seeds_curves"),
+            category="replicates",
+            subcategory="{recipe}",
+        ),
     log:
         "results/logs/aggregate_{recipe}.log",
     conda:
         "envs/analysis.yaml"
+    params:
+        out_dir=run_dir,
     shell:
-        "python {SCRIPTS}/aggregate.py --summaries {input.summaries} --histories {input.histories}"
-        " --per-class {input.per_class} --out-dir results/{wildcards.recipe} > {log} 2>&1"
+        "python {input.script} --summaries {input.summaries} --histories {input.histories}"
+        " --per-class {input.per_class} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule compare:
     input:
         summaries=expand("results/{recipe}/seeds_summary.csv", recipe=config["runs"]),
-        code=code("compare.py", *ANALYSIS, "replicates.py"),
+        script=script("compare.py"),
+        code=modules(*ANALYSIS, "replicates.py"),
     output:
         table="results/recipes_summary.csv",
-        figure=report("results/recipes_comparison.png", caption=caption("recipes_comparison"), category="replicates"),
+        figure=report(
+            "results/recipes_comparison.png",
+            caption=caption("recipes_comparison"),
+            category="replicates",
+        ),
     log:
         "results/logs/compare.log",
     conda:
         "envs/analysis.yaml"
     shell:
-        "python {SCRIPTS}/compare.py --summaries {input.summaries} --out-table {output.table}"
+        "python {input.script} --summaries {input.summaries} --out-table {output.table}"
         " --out-figure {output.figure} > {log} 2>&1"
