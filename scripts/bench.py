@@ -172,7 +172,7 @@ def bench_project(args, recipe, train_np, test_np, mem):
     s = timed(device, lambda: next(batches), args.data_batches)
     res["data_ips"] = args.data_batches * recipe["batch_size"] / s
 
-    # The step of engine.train, line for line.
+    # The model, optimizer and step of engine.train.
     model = resnet18(NUM_CLASSES, recipe["width"]).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
@@ -181,25 +181,13 @@ def bench_project(args, recipe, train_np, test_np, mem):
     net = torch.compile(model) if args.compile else model
     amp = engine.autocast_for(device, args.precision)
     steps_per_epoch = num_batches(len(train_split), recipe["batch_size"])
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    first_bad = torch.tensor(-1, device=device)
+    stats = engine.EpochStats(device)
     batches = project_batches(train_split, recipe["batch_size"], args.seed, cuda)
 
-    def step():
-        nonlocal loss_sum, correct, first_bad
+    def step():  # what engine.train does per step, through the same functions
         i, x, y = next(batches)
-        with amp():
-            out = net(x)
-            loss = criterion(out, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_sum += loss.detach().double() * len(y)
-        correct += (out.argmax(1) == y).sum()
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i + 1, first_bad)
-        if (not cuda or (i + 1) % engine.CUDA_CHECK_EVERY == 0 or i + 1 == steps_per_epoch) and first_bad.item() >= 0:
-            raise RuntimeError("benchmark training diverged")
+        loss = engine.train_step(net, opt, criterion, amp, x, y, i, stats)
+        engine.check_finite(stats, loss, 0, i, steps_per_epoch, cuda, "(benchmark)")
 
     model.train()
     for _ in range(args.warmup):

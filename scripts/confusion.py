@@ -21,17 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from cifar100 import data, metrics, plots
-from cifar100.errors import run_cli
+from cifar100.errors import positive_int, run_cli
 from cifar100.files import write_csv, write_json
 
 PER_CLASS_FIELDS = ["class_index", "class_name", "superclass", "accuracy", "support"]
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def parse_args(argv=None):

@@ -18,17 +18,10 @@ import argparse
 from pathlib import Path
 
 from cifar100 import data, metrics, plots
-from cifar100.errors import run_cli
+from cifar100.errors import positive_int, run_cli
 from cifar100.files import write_csv, write_json
 
 PAIR_FIELDS = ["true_index", "true_name", "pred_index", "pred_name", "count"]
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def parse_args(argv=None):

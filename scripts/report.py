@@ -20,17 +20,10 @@ import argparse
 from pathlib import Path
 
 from cifar100 import data, metrics, plots
-from cifar100.errors import DataError, run_cli
+from cifar100.errors import DataError, positive_int, run_cli
 from cifar100.files import read_json, write_csv, write_json, write_text
 
 REPORT_FIELDS = ["class_index", "class_name", "precision", "recall", "f1", "support"]
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def parse_args(argv=None):

@@ -13,14 +13,7 @@ import argparse
 import numpy as np
 
 from cifar100 import data, metrics, plots
-from cifar100.errors import run_cli
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+from cifar100.errors import positive_int, run_cli
 
 
 def parse_args(argv=None):

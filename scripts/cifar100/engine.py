@@ -145,6 +145,49 @@ class Progress:
             print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
 
 
+class EpochStats:
+    """Loss sum, correct count and the first non-finite step of an epoch, kept on the device:
+    adding a step costs no host-device sync; ``read`` syncs once."""
+
+    def __init__(self, device, loss_sum=0.0, correct=0, count=0):
+        self.loss_sum = torch.tensor(loss_sum, device=device, dtype=torch.float64)
+        self.correct = torch.tensor(correct, device=device)
+        self.first_bad = torch.tensor(-1, device=device)
+        self.count = count
+
+    def add(self, step: int, loss, out, y) -> None:
+        loss = loss.detach()
+        self.loss_sum += loss.double() * len(y)
+        self.correct += (out.argmax(1) == y).sum()
+        self.count += len(y)
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss), step + 1, self.first_bad)
+
+    def read(self) -> dict:
+        return {"loss_sum": self.loss_sum.item(), "correct": int(self.correct.item()), "count": self.count}
+
+
+def train_step(net, opt, criterion, amp, x, y, step: int, stats: EpochStats):
+    """One SGD step, the same in training and in scripts/bench.py; returns the loss tensor."""
+    with amp():
+        out = net(x)
+        loss = criterion(out, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    stats.add(step, loss, out, y)
+    return loss
+
+
+def check_finite(stats: EpochStats, loss, epoch: int, step: int, steps: int, cuda: bool, where) -> None:
+    """Stop on a NaN/inf loss: every step on the CPU, every CUDA_CHECK_EVERY steps on CUDA."""
+    if cuda and (step + 1) % CUDA_CHECK_EVERY and step + 1 != steps:
+        return
+    bad = stats.first_bad.item()
+    if bad >= 0:
+        raise Diverged(f"training diverged at epoch {epoch}, step {bad} of {steps}: "
+                       f"loss is {loss.item()}; the last good checkpoint is kept in {where}")
+
+
 def eval_batch_size(device: torch.device) -> int:
     # Large batches keep a GPU busy; on a CPU, activations of ~256 images still fit in cache
     # (1000 measured about 2x slower than 128 here).
@@ -286,34 +329,19 @@ def train(ds: Dataset, spec: RunSpec, out_dir, device=None, log=print) -> dict:
             lr = opt.param_groups[0]["lr"]
             acc = partial or {"loss_sum": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
             partial = None
-            loss_sum = torch.tensor(acc["loss_sum"], device=device, dtype=torch.float64)
-            correct = torch.tensor(acc["correct"], device=device)
-            first_bad = torch.tensor(-1, device=device)
-            count, t0 = acc["count"], time.perf_counter()
+            stats = EpochStats(device, acc["loss_sum"], acc["correct"], acc["count"])
+            t0 = time.perf_counter()
             bar = Progress(steps)
             model.train()
             for step, x, y in train_batches(train_split, r["batch_size"], spec.seed, epoch, step0, cuda):
-                with amp():
-                    out = net(x)
-                    loss = criterion(out, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                loss = train_step(net, opt, criterion, amp, x, y, step, stats)
                 if per_step:
                     sched.step()
-                # Accumulate on the device; read once per epoch (no per-step host sync on CUDA).
-                loss_sum += loss.detach().double() * len(y)
-                correct += (out.argmax(1) == y).sum()
-                count += len(y)
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step + 1, first_bad)
-                if (not cuda or (step + 1) % CUDA_CHECK_EVERY == 0 or step + 1 == steps) and first_bad.item() >= 0:
-                    raise Diverged(f"training diverged at epoch {epoch}, step {first_bad.item()} of {steps}: "
-                                   f"loss is {loss.item()}; the last good checkpoint is kept in {last_path}")
+                check_finite(stats, loss, epoch, step, steps, cuda, last_path)
                 bar.update(step + 1, epoch)
                 if stop.signum:
                     bar.close()
-                    save_resume(epoch, step + 1, {"loss_sum": loss_sum.item(), "correct": int(correct.item()),
-                                                  "count": count, "seconds": acc["seconds"] + time.perf_counter() - t0})
+                    save_resume(epoch, step + 1, {**stats.read(), "seconds": acc["seconds"] + time.perf_counter() - t0})
                     raise Preempted(stop.signum)
             bar.close()
             step0 = 0
@@ -321,8 +349,10 @@ def train(ds: Dataset, spec: RunSpec, out_dir, device=None, log=print) -> dict:
                 sched.step()
             seconds = acc["seconds"] + time.perf_counter() - t0
             test_loss, test_acc = evaluate(net, test_split, amp, cuda)
-            row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum.item() / count,
-                   "train_acc": correct.item() / count, "test_loss": test_loss, "test_acc": test_acc,
+            total = stats.read()
+            count = total["count"]
+            row = {"epoch": epoch, "lr": lr, "train_loss": total["loss_sum"] / count,
+                   "train_acc": total["correct"] / count, "test_loss": test_loss, "test_acc": test_acc,
                    "val_loss": "", "val_acc": "", "seconds": round(seconds, 3),
                    "images_per_s": round(count / max(seconds, 1e-9), 1)}
             if val_split is not None:

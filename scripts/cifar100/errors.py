@@ -1,5 +1,6 @@
 """Errors a user can act on: scripts print them as one line and exit non-zero."""
 
+import argparse
 import sys
 
 
@@ -46,3 +47,11 @@ def run_cli(main, argv=None) -> None:
     except Preempted as e:
         print(f"{prog}: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
