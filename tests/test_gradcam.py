@@ -50,7 +50,7 @@ def direct_grad_cam(model, x, classes):
     for xi, c in zip(x, classes):
         h = F.relu(model.bn1(model.conv1(xi[None])))
         acts = model.layer4(model.layer3(model.layer2(model.layer1(h))))
-        logit = model.fc(torch.flatten(model.pool(acts), 1))[0, c]
+        logit = model.fc(acts.mean(dim=(2, 3)))[0, c]  # global average pool, then the head
         (g,) = torch.autograd.grad(logit, acts)
         alpha = g.mean(dim=(2, 3))  # [1, K]
         cam = F.relu((alpha[:, :, None, None] * acts).sum(1, keepdim=True))

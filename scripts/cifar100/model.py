@@ -37,7 +37,6 @@ class ResNet18(nn.Module):
         self.layer2 = self._stage(w, 2 * w, 2)
         self.layer3 = self._stage(2 * w, 4 * w, 2)
         self.layer4 = self._stage(4 * w, 8 * w, 2)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(8 * w, num_classes)
 
     @staticmethod
@@ -47,7 +46,9 @@ class ResNet18(nn.Module):
     def forward(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        # Global average pooling (= AdaptiveAvgPool2d(1)) as a mean: its backward is deterministic
+        # on CUDA, adaptive_avg_pool2d's is not, and deterministic: true would refuse to run.
+        return self.fc(x.mean(dim=(2, 3)))
 
 
 def resnet18(num_classes: int = 100, width: int = 64) -> ResNet18:
