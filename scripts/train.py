@@ -12,6 +12,7 @@ resumes from last.pt. Exit status 128+signal after a preemption checkpoint, 2 on
 
 import argparse
 import json
+import os
 
 from cifar100 import config as cfg
 from cifar100 import data, engine
@@ -61,6 +62,9 @@ def main(argv=None):
     out_dir = a.out_dir or f"results/{a.recipe}/seed{a.seed}"
     print(f"training {a.recipe} seed {a.seed} on {engine.pick_device(a.device)}: {len(ds.train)} images, "
           f"{ds.num_classes} classes -> {out_dir}", flush=True)
+    if "SLURM_JOB_ID" in os.environ:  # where the scheduler placed this attempt (tests/test_slurm.py reads it)
+        print(f"slurm job {os.environ['SLURM_JOB_ID']}: partition {os.environ.get('SLURM_JOB_PARTITION')}, "
+              f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}", flush=True)
     engine.train(ds, spec, out_dir, device=a.device, log=lambda m: print(m, flush=True))
 
 
