@@ -9,12 +9,23 @@
 # use it: a plot change never retrains, a training change reruns everything downstream.
 
 import json
+import signal
 import sys
 from pathlib import Path
 
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+
+# SLURM's warning before a time limit (profiles/slurm: --signal=USR1@...) reaches every process of
+# the job step, the snakemake running the job included, which USR1 would kill: ignore it here, so
+# that train.py alone handles it (checkpoint, exit non-zero, retried by Snakemake, resumes).
+def ignore_signal(signum, frame):
+    pass
+
+
+signal.signal(signal.SIGUSR1, ignore_signal)
 
 
 # Next to the Snakefile, so that `-d /scratch/run1` still finds the defaults;
@@ -192,11 +203,10 @@ rule train:
         recipe=recipe_json,
         flags=train_flags,
     # exec: the signals SLURM sends before a time limit reach python, not an intermediate shell.
-    # >>: a resumed attempt appends to the log of the attempt it continues.
     shell:
         "exec python {input.script} --recipe {wildcards.recipe} --recipe-json {params.recipe:q}"
         " --seed {wildcards.seed} --data-dir {params.data_dir} --out-dir {params.out_dir}"
-        " {params.flags} >> {log} 2>&1"
+        " {params.flags} > {log} 2>&1"
 
 
 rule evaluate:

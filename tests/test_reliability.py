@@ -245,6 +245,17 @@ def test_bad_config_is_rejected_naming_the_key(config, mutate, message):
         validate(config)
 
 
+def test_command_line_strings_become_the_types_the_schema_asks_for(config):
+    config.update(seeds=["0", "3"], deterministic="true", val_size="100", data_dir="123")
+    config["recipes"]["baseline"]["lr"] = "0.05"
+    validate(config)
+    assert config["seeds"] == [0, 3] and config["deterministic"] is True and config["val_size"] == 100
+    assert config["data_dir"] == "123" and config["recipes"]["baseline"]["lr"] == 0.05
+    config["seeds"] = ["zero"]
+    with pytest.raises(ConfigError, match=r"config key seeds/0: 'zero' is not of type 'integer'"):
+        validate(config)
+
+
 def test_repository_config_is_valid_and_baseline_is_the_notebook(config):
     assert config["recipes"]["baseline"] == {
         "epochs": 100, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,

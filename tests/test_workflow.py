@@ -134,6 +134,11 @@ def test_changing_a_recipe_reruns_training(run):
     assert jobs.get("train") == 2
 
 
+def test_command_line_lists_and_booleans_read_as_yaml(run):
+    jobs = planned(*run, "--config", "seeds=[0,1,2]", "deterministic=true")
+    assert jobs.get("train") == 1  # only the new seed; seeds 0 and 1 are up to date
+
+
 def test_bad_config_stops_before_any_job(run):
     workflow, wd = run
     p = snakemake(workflow, wd, "-n", "--config", "seeds=[]", check=False)

@@ -15,11 +15,38 @@ def _where(error) -> str:
     return path or "(top level)"
 
 
+_SCALARS = {"integer": int, "number": (int, float), "boolean": bool}
+
+
+def _coerce(value, schema: dict):
+    """Strings from ``snakemake --config`` turned into the number or boolean the schema expects."""
+    kind = schema.get("type")
+    if isinstance(value, str) and kind in _SCALARS:
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        return parsed if isinstance(parsed, _SCALARS[kind]) else value
+    if isinstance(value, list) and kind == "array":
+        return [_coerce(v, schema.get("items", {})) for v in value]
+    if isinstance(value, dict) and kind == "object":
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        for k, v in value.items():
+            sub = props.get(k, extra if isinstance(extra, dict) else {})
+            value[k] = _coerce(v, sub)
+    return value
+
+
 def validate(config: dict) -> dict:
-    """Check ``config`` against the schema and across keys; raise ConfigError naming the key."""
+    """Check ``config`` against the schema and across keys; raise ConfigError naming the key.
+
+    ``--config seeds=[0,1]`` reaches Snakemake as ['0', '1'] and ``deterministic=true`` as 'true':
+    such strings are first turned, in place, into the numbers and booleans the schema asks for.
+    """
     import jsonschema
 
     schema = yaml.safe_load(SCHEMA.read_text())
+    _coerce(config, schema)
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
