@@ -1,5 +1,6 @@
 """Shared fixtures: tiny synthetic datasets in the official layout, a tiny recipe, script runners."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -40,3 +41,35 @@ def run_script(name: str, *args, check=True, timeout=300, env=None, **kw) -> sub
 def train_args(data_dir, out_dir, recipe=None, seed=0, *extra):
     return ["--recipe-json", json.dumps(recipe or TINY_RECIPE), "--seed", seed, "--data-dir", data_dir,
             "--out-dir", out_dir, "--selection", "best_test", "--deterministic", "--device", "cpu", *extra]
+
+
+# Every file one (recipe, seed) run of the workflow ends with, and the per-recipe / cross-recipe ones.
+RUN_OUTPUTS = [
+    "model.pt", "history.csv", "predictions.npz", "metrics.json", "samples.png", "training_curves.png",
+    "confusion_matrix.png", "per_class_accuracy.csv", "class_extremes.png", "superclass_confusion.png",
+    "confusion_summary.json", "errors_gallery.png", "confusion_pairs.csv", "confidence_histogram.png",
+    "errors_summary.json", "classification_report.csv", "classification_report.json",
+    "classification_report.txt", "reliability_diagram.png", "summary.json", "gradcam_correct.png",
+    "gradcam_incorrect.png", "gradcam_summary.json", "gradcam_maps.npz",
+]
+SHARED_OUTPUTS = ["results/baseline/seeds_summary.csv", "results/baseline/seeds_per_class.csv",
+                  "results/baseline/seeds_curves.png", "results/recipes_summary.csv",
+                  "results/recipes_comparison.png"]
+
+
+def load_script(name):
+    """scripts/<name>.py as a module (under a private name: scripts/errors.py is not cifar100.errors)."""
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Evil:
+    """Pickles to a call of os.system: a file that runs code when unpickled without restriction."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))

@@ -26,6 +26,7 @@ sys.path.insert(0, str(SCRIPTS))
 from cifar100 import data, metrics, plots  # noqa: E402
 from cifar100.errors import run_cli  # noqa: E402
 from cifar100.files import write_csv, write_json, write_npz  # noqa: E402
+from conftest import load_script  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -41,13 +42,6 @@ OUTPUTS = {  # what each script must write (the Snakefile's declared outputs)
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc",
                   "seconds", "images_per_s"]
 
-
-def load_script(name):
-    """scripts/<name>.py as a module (under a private name: scripts/errors.py is not cifar100.errors)."""
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

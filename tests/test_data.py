@@ -8,7 +8,7 @@ import pytest
 
 from cifar100 import data
 from cifar100.errors import DataError
-from conftest import run_script
+from conftest import Evil, run_script
 
 
 def test_synthetic_roundtrip_shapes_and_names(tmp_path):
@@ -110,18 +110,12 @@ def test_meta_class_count_disagrees_with_labels(tmp_path, tiny_data):
         data.load(d)
 
 
-class _Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_crafted_pickle_is_refused_and_runs_no_code(tmp_path, tiny_data):
     d, root = _copy(tmp_path, tiny_data)
     marker = tmp_path / "pwned"
-    (root / "meta").write_bytes(pickle.dumps({"fine_label_names": _Evil(marker)}))
+    (root / "meta").write_bytes(pickle.dumps({"fine_label_names": Evil(marker)}))
     with pytest.raises(DataError, match=r"meta: unsafe pickle \(refusing to load global (posix|os)\.system\)"):
         data.load(d)
     assert not marker.exists()

@@ -17,13 +17,8 @@ sys.path.insert(0, str(SCRIPTS))
 from cifar100 import checkpoint, data, gradcam, plots  # noqa: E402
 from cifar100.errors import UserError, run_cli  # noqa: E402
 from cifar100.model import resnet18  # noqa: E402
+from conftest import load_script  # noqa: E402
 
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def all_hooks(model):

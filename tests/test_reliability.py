@@ -16,7 +16,7 @@ from cifar100 import checkpoint, data, engine
 from cifar100.config import load as load_config
 from cifar100.config import validate
 from cifar100.errors import ConfigError, Diverged, OutputError
-from conftest import REPO, SCRIPTS, TINY_RECIPE, run_script, train_args
+from conftest import Evil, REPO, SCRIPTS, TINY_RECIPE, run_script, train_args
 
 LONG = {**TINY_RECIPE, "epochs": 6, "batch_size": 32}  # 10 steps per epoch on the tiny set
 
@@ -180,12 +180,6 @@ def model_ckpt(tiny_data, tmp_path_factory):
     return out / "model.pt"
 
 
-class _Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def _evaluate_error(ckpt, data_dir):
@@ -212,7 +206,7 @@ def test_foreign_checkpoint(tmp_path, tiny_data):
 
 def test_checkpoint_that_runs_code_is_refused(tmp_path, tiny_data):
     bad, marker = tmp_path / "model.pt", tmp_path / "pwned"
-    torch.save({"format": checkpoint.FORMAT, "payload": _Evil(marker)}, bad)
+    torch.save({"format": checkpoint.FORMAT, "payload": Evil(marker)}, bad)
     assert "unsupported global posix.system" in _evaluate_error(bad, tiny_data).lower()
     assert not marker.exists()
 

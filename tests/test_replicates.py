@@ -18,16 +18,11 @@ sys.path.insert(0, str(SCRIPTS))
 
 from cifar100 import plots, replicates  # noqa: E402
 from cifar100.errors import DataError, run_cli  # noqa: E402
+from conftest import load_script  # noqa: E402
 
 TOP1 = {0: 0.70, 1: 0.72, 2: 0.74}
 CLASSES = ["apple", "bear", "cloud"]
 
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def read_csv(path):

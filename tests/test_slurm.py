@@ -22,23 +22,13 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO
+from conftest import REPO, RUN_OUTPUTS, SHARED_OUTPUTS
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 CLUSTER = REPO / "tests" / "slurm_cluster.sh"
 PROFILE = REPO / "profiles" / "slurm"
 GPU_RULES = {"train", "evaluate", "gradcam"}
-PER_RUN = [
-    "model.pt", "history.csv", "predictions.npz", "metrics.json", "samples.png", "training_curves.png",
-    "confusion_matrix.png", "per_class_accuracy.csv", "class_extremes.png", "superclass_confusion.png",
-    "confusion_summary.json", "errors_gallery.png", "confusion_pairs.csv", "confidence_histogram.png",
-    "errors_summary.json", "classification_report.csv", "classification_report.json",
-    "classification_report.txt", "reliability_diagram.png", "summary.json", "gradcam_correct.png",
-    "gradcam_incorrect.png", "gradcam_summary.json", "gradcam_maps.npz",
-]
-SHARED = ["results/baseline/seeds_summary.csv", "results/baseline/seeds_per_class.csv",
-          "results/baseline/seeds_curves.png", "results/recipes_summary.csv", "results/recipes_comparison.png"]
 
 
 def cluster(action: str, **env) -> subprocess.CompletedProcess:
@@ -96,7 +86,7 @@ def full_run(slurm, tmp_path_factory):
 
 def test_every_output_exists_and_nothing_is_left_to_do(full_run):
     workdir, _, _ = full_run
-    missing = [f for f in [*(f"results/baseline/seed0/{n}" for n in PER_RUN), *SHARED]
+    missing = [f for f in [*(f"results/baseline/seed0/{n}" for n in RUN_OUTPUTS), *SHARED_OUTPUTS]
                if not (workdir / f).is_file()]
     assert not missing, f"missing outputs: {missing}"
     dry = subprocess.run(snakemake_cmd(workdir, "-n"), capture_output=True, text=True, timeout=120, cwd=REPO)

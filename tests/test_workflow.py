@@ -12,19 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, RUN_OUTPUTS, SHARED_OUTPUTS
 
 pytestmark = pytest.mark.slow
 
-PER_RUN = [
-    "model.pt", "history.csv", "predictions.npz", "metrics.json", "samples.png", "training_curves.png",
-    "confusion_matrix.png", "per_class_accuracy.csv", "class_extremes.png", "superclass_confusion.png",
-    "confusion_summary.json", "errors_gallery.png", "confusion_pairs.csv", "confidence_histogram.png",
-    "errors_summary.json", "classification_report.csv", "classification_report.json",
-    "classification_report.txt", "reliability_diagram.png", "summary.json", "gradcam_correct.png",
-    "gradcam_incorrect.png", "gradcam_summary.json", "gradcam_maps.npz",
-    "logs/train.log", "logs/evaluate.log", "benchmarks/train.tsv",
-]
 ANALYSIS_RULES = {"samples", "curves", "confusion", "errors", "report", "gradcam", "aggregate", "compare"}
 
 
@@ -60,11 +51,10 @@ def run(tmp_path_factory):
 def test_every_output_exists_for_every_seed(run):
     _, wd = run
     for seed in (0, 1):
-        for name in PER_RUN:
+        for name in [*RUN_OUTPUTS, "logs/train.log", "logs/evaluate.log", "benchmarks/train.tsv"]:
             assert (wd / f"results/baseline/seed{seed}" / name).is_file(), f"seed{seed}/{name} missing"
-    for name in ("baseline/seeds_summary.csv", "baseline/seeds_per_class.csv", "baseline/seeds_curves.png",
-                 "recipes_summary.csv", "recipes_comparison.png"):
-        assert (wd / "results" / name).is_file(), name
+    for name in SHARED_OUTPUTS:
+        assert (wd / name).is_file(), name
     assert (wd / "data/cifar-100-python/meta").is_file()  # landed in the working directory
     assert not list(wd.rglob("*.tmp*")), "temp files left behind"
 
