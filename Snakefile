@@ -164,9 +164,11 @@ rule all:
         "results/recipes_comparison.png",
 
 
+# ancient(): a newer download.py (a fresh clone, a git pull) must not make Snakemake delete
+# and re-fetch data that is already there, pre-staged or downloaded.
 rule download:
     input:
-        script=script("download.py"),
+        script=ancient(script("download.py")),
     output:
         train=DATASET[0],
         test=DATASET[1],
@@ -197,6 +199,8 @@ rule train:
     conda:
         "envs/train.yaml"
     threads: 4
+    resources:
+        gpu=1,
     params:
         data_dir=data_dir,
         out_dir=run_dir,
@@ -224,6 +228,8 @@ rule evaluate:
         f"{RUN}/benchmarks/evaluate.tsv"
     conda:
         "envs/train.yaml"
+    resources:
+        gpu=1,
     params:
         data_dir=data_dir,
         out_dir=run_dir,
@@ -410,6 +416,8 @@ rule gradcam:
         f"{RUN}/benchmarks/gradcam.tsv"
     conda:
         "envs/train.yaml"
+    resources:
+        gpu=1,
     params:
         data_dir=data_dir,
         out_dir=run_dir,

@@ -188,8 +188,8 @@ def bench_project(args, recipe, train_np, test_np, mem):
 
     def step():  # what engine.train does per step, through the same functions
         i, x, y = next(batches)
-        loss = engine.train_step(net, opt, criterion, amp, x, y, i, stats)
-        engine.check_finite(stats, loss, 0, i, steps_per_epoch, cuda, "(benchmark)")
+        engine.train_step(net, opt, criterion, amp, x, y, i, stats)
+        engine.check_finite(stats, 0, i, steps_per_epoch, cuda, "(benchmark)")
 
     model.train()
     for _ in range(args.warmup):

@@ -39,19 +39,19 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
 def main(argv=None):
     a = parse_args(argv)
     out_dir = Path(a.out_dir or Path(a.checkpoint).parent)
-    ds = data.load(a.data_dir)
+    test, fine_names, _, _ = data.load_test(a.data_dir)
     device = engine.pick_device(a.device)
-    model, ckpt = checkpoint.load_model(a.checkpoint, num_classes=ds.num_classes, device=device)
-    if list(ckpt.get("fine_names", ds.fine_names)) != ds.fine_names:
+    model, ckpt = checkpoint.load_model(a.checkpoint, num_classes=len(fine_names), device=device)
+    if list(ckpt.get("fine_names", fine_names)) != fine_names:
         raise DataError(f"{a.checkpoint}: class names differ from those in {data.dataset_dir(a.data_dir)}/meta")
     amp = engine.autocast_for(device, a.precision)
-    logits = engine.predict(model, DeviceSplit(ds.test.images, ds.test.labels, device), amp,
+    logits = engine.predict(model, DeviceSplit(test.images, test.labels, device), amp,
                             batch_size=a.batch_size).numpy().astype(np.float32)
-    labels = ds.test.labels.astype(np.int64)
+    labels = test.labels.astype(np.int64)
     loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
     metrics = {
         "top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5), "loss": loss,
-        "n": int(len(labels)), "num_classes": ds.num_classes, "selection": ckpt["selection"],
+        "n": int(len(labels)), "num_classes": len(fine_names), "selection": ckpt["selection"],
         "selected_epoch": ckpt["epoch"], "recipe": ckpt["recipe_name"], "seed": ckpt["seed"],
         "selection_note": ("best_test picks the epoch with the best test accuracy, as the notebook does: "
                            "optimistic, the test set was used for model selection")

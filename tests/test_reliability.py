@@ -108,7 +108,7 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tiny_data, 
     # epoch 1 trains normally; gamma 1e12 makes epoch 2's learning rate absurd
     recipe = {**TINY_RECIPE, "epochs": 3, "step_size": 1, "gamma": 1e12}
     spec = engine.RunSpec(recipe=recipe, deterministic=False)
-    with pytest.raises(Diverged, match=r"training diverged at epoch 2, step \d+ of 5: loss is (nan|inf)"):
+    with pytest.raises(Diverged, match=r"training diverged at epoch 2, step \d+ of 5: the loss became NaN or inf"):
         engine.train(data.load(tiny_data), spec, tmp_path, device="cpu", log=lambda m: None)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["position"] == {"epoch": 2, "step": 0}
@@ -255,3 +255,80 @@ def test_repository_config_is_valid_and_baseline_is_the_notebook(config):
         "epochs": 100, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
         "nesterov": False, "schedule": "step", "step_size": 30, "gamma": 0.1,
         "label_smoothing": 0.0, "width": 64}
+
+
+# --- resume edge cases, in-process ------------------------------------------------------------
+
+def _spec(**recipe):
+    return engine.RunSpec(recipe={**TINY_RECIPE, **recipe})
+
+
+def _run(tiny_data, out, spec, logs=None):
+    return engine.train(data.load(tiny_data), spec, out, device="cpu",
+                        log=(logs.append if logs is not None else lambda m: None))
+
+
+def test_preempted_mid_epoch_onecycle_resumes_with_exact_weights_and_history(tiny_data, tmp_path, monkeypatch):
+    spec = _spec(schedule="onecycle", epochs=2, batch_size=32)  # lr changes every step
+    _run(tiny_data, tmp_path / "clean", spec)
+    real_step, calls = engine.train_step, []
+
+    def step_then_signal(*args):
+        out = real_step(*args)
+        calls.append(1)
+        if len(calls) == 13:  # epoch 2, step 3 of 10
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return out
+
+    monkeypatch.setattr(engine, "train_step", step_then_signal)
+    with pytest.raises(engine.Preempted):
+        _run(tiny_data, tmp_path / "run", spec)
+    assert checkpoint.load(tmp_path / "run" / "last.pt")["position"] == {"epoch": 2, "step": 3}
+    monkeypatch.setattr(engine, "train_step", real_step)
+    _run(tiny_data, tmp_path / "run", spec)
+    assert _same_weights(tmp_path / "run" / "model.pt", tmp_path / "clean" / "model.pt")
+    lr = [ln.split(",")[1] for ln in (tmp_path / "run" / "history.csv").read_text().splitlines()]
+    assert lr == [ln.split(",")[1] for ln in (tmp_path / "clean" / "history.csv").read_text().splitlines()]
+
+
+def test_resumed_after_the_last_epoch_still_writes_every_output(tiny_data, tmp_path):
+    spec = _spec(epochs=2)
+    _run(tiny_data, tmp_path, spec)
+    # as if killed between the last epoch's checkpoint and model.pt; Snakemake then deletes outputs
+    state = checkpoint.load(tmp_path / "last.pt")
+    checkpoint.save(tmp_path / "last.pt", {**state, "complete": False})
+    (tmp_path / "model.pt").unlink()
+    (tmp_path / "history.csv").unlink()
+    logs = []
+    _run(tiny_data, tmp_path, spec, logs)
+    assert any("resuming from" in m and "epoch 3, step 0" in m for m in logs)
+    assert len((tmp_path / "history.csv").read_text().splitlines()) == 3 and (tmp_path / "model.pt").exists()
+
+
+def test_a_diverged_run_fails_at_once_when_retried_until_its_recipe_changes(tiny_data, tmp_path):
+    spec = _spec(epochs=3, gamma=1e12)
+    with pytest.raises(Diverged):
+        _run(tiny_data, tmp_path, spec)
+    t0 = time.time()
+    with pytest.raises(Diverged, match=r"diverged at epoch 2.*in an earlier attempt, recorded in .*diverged\.json"):
+        _run(tiny_data, tmp_path, spec)
+    assert time.time() - t0 < 5
+    _run(tiny_data, tmp_path, _spec(epochs=1))  # a fixed recipe trains, and forgets the record
+    assert not (tmp_path / "diverged.json").exists()
+
+
+def test_unreadable_resume_checkpoint_is_kept_aside_and_training_starts_over(tiny_data, tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"PK\x03\x04 torn")
+    (tmp_path / ".last.pt.999.deadbeef.tmp.pt").write_bytes(b"left by a killed writer")
+    logs = []
+    _run(tiny_data, tmp_path, _spec(epochs=1), logs)
+    aside = [p.name for p in tmp_path.glob("last.pt.unreadable-*")]
+    assert len(aside) == 1 and any(aside[0] in m for m in logs)
+    assert not list(tmp_path.glob(".*.tmp*"))
+    assert checkpoint.load(tmp_path / "last.pt")["complete"]
+
+
+def test_nesterov_without_momentum_is_a_config_error(config):
+    config["recipes"]["baseline"].update(nesterov=True, momentum=0)
+    with pytest.raises(ConfigError, match=r"recipes/baseline/nesterov: Nesterov momentum needs momentum > 0"):
+        validate(config)

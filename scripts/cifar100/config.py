@@ -71,6 +71,8 @@ def check_runs(config: dict) -> None:
     for name, r in config["recipes"].items():
         if r["schedule"] == "step" and ("step_size" not in r or "gamma" not in r):
             raise ConfigError(f"config key recipes/{name}: schedule 'step' needs step_size and gamma")
+        if r["nesterov"] and r["momentum"] == 0:
+            raise ConfigError(f"config key recipes/{name}/nesterov: Nesterov momentum needs momentum > 0")
 
 
 def load(path=REPO_CONFIG) -> dict:

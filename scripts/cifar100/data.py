@@ -6,6 +6,7 @@ class names come from ``meta``. ``write_synthetic`` writes a small learnable dat
 layout for tests and smoke runs; ``download`` fetches the real one with torchvision (md5-checked).
 """
 
+import importlib
 import io
 import pickle
 from dataclasses import dataclass
@@ -40,9 +41,12 @@ class _SafeUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if (module, name) in _ALLOWED:
-            if module.startswith("numpy.core"):  # numpy 2 renamed numpy.core
-                module = module.replace("numpy.core", "numpy._core")
-            return getattr(__import__(module, fromlist=[name]), name)
+            if module.startswith("numpy.core"):  # numpy 2 renamed numpy.core to numpy._core
+                try:
+                    return getattr(importlib.import_module(module.replace("numpy.core", "numpy._core")), name)
+                except ImportError:
+                    pass
+            return getattr(importlib.import_module(module), name)
         raise _Refused(f"refusing to load global {module}.{name}")
 
 

@@ -24,8 +24,8 @@ from torch import nn
 
 from . import checkpoint
 from .data import Dataset
-from .errors import Diverged, Preempted
-from .files import write_csv
+from .errors import CheckpointError, Diverged, Preempted
+from .files import read_json, remove_stale_temps, write_csv, write_json
 from .model import resnet18
 from .pipeline import DeviceSplit, eval_batches, num_batches, train_batches
 
@@ -45,10 +45,12 @@ class RunSpec:
     precision: str = "bf16"  # bf16 | fp32; CUDA only, the CPU always trains in fp32
     compile: bool = False
 
-    def fingerprint(self, num_classes: int) -> dict:
-        """What a resume checkpoint must match to be reused."""
+    def fingerprint(self, num_classes: int, device: torch.device) -> dict:
+        """What a resume checkpoint must match to be reused. The device type is part of it: the
+        epoch's shuffling generator, and fused vs foreach optimizer state, differ between devices."""
         return {"recipe": self.recipe, "recipe_name": self.recipe_name, "seed": self.seed,
-                "selection": self.selection, "val_size": self.val_size, "num_classes": num_classes}
+                "selection": self.selection, "val_size": self.val_size, "num_classes": num_classes,
+                "device": device.type}
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -178,14 +180,15 @@ def train_step(net, opt, criterion, amp, x, y, step: int, stats: EpochStats):
     return loss
 
 
-def check_finite(stats: EpochStats, loss, epoch: int, step: int, steps: int, cuda: bool, where) -> None:
-    """Stop on a NaN/inf loss: every step on the CPU, every CUDA_CHECK_EVERY steps on CUDA."""
-    if cuda and (step + 1) % CUDA_CHECK_EVERY and step + 1 != steps:
+def check_finite(stats: EpochStats, epoch: int, step: int, steps: int, cuda: bool, where, force=False) -> None:
+    """Stop on a NaN/inf loss: every step on the CPU, every CUDA_CHECK_EVERY steps on CUDA
+    (each check is a host-device sync), and always when ``force`` (before any checkpoint)."""
+    if cuda and not force and (step + 1) % CUDA_CHECK_EVERY and step + 1 != steps:
         return
     bad = stats.first_bad.item()
     if bad >= 0:
-        raise Diverged(f"training diverged at epoch {epoch}, step {bad} of {steps}: "
-                       f"loss is {loss.item()}; the last good checkpoint is kept in {where}")
+        raise Diverged(f"training diverged at epoch {epoch}, step {bad} of {steps}: the loss became "
+                       f"NaN or inf; the last good checkpoint is kept in {where}")
 
 
 def eval_batch_size(device: torch.device) -> int:
@@ -227,6 +230,18 @@ def autocast_for(device: torch.device, precision: str):
     return contextlib.nullcontext
 
 
+def resolve_precision(device: torch.device, precision: str, log) -> str:
+    """bf16 only where the GPU has it natively (Ampere and newer); emulated bf16 is slower than fp32."""
+    if device.type != "cuda":
+        if precision != "fp32":
+            log("CPU run: training in fp32 (bf16 autocast is used on CUDA only)")
+        return "fp32"
+    if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        log(f"{torch.cuda.get_device_name(device)} has no native bf16: training in fp32")
+        return "fp32"
+    return precision
+
+
 def _rng_state() -> dict:
     np_state = np.random.get_state()
     return {"python": random.getstate(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
@@ -249,14 +264,30 @@ def _to_python(x):
     return x
 
 
+DIVERGED = "diverged.json"
+
+
+def refuse_if_diverged(path: Path, fingerprint: dict) -> None:
+    """Fail at once if this very run (same recipe, seed, ...) diverged before; forget other runs'."""
+    if not path.exists():
+        return
+    record = read_json(path)
+    if record.get("fingerprint") == fingerprint:
+        raise Diverged(f"{record['message']} (in an earlier attempt, recorded in {path}; change the recipe "
+                       "or delete that file to try again)")
+    path.unlink()
+
+
 def find_resume(path: Path, fingerprint: dict, log) -> dict | None:
     """The resume state in ``path`` if it belongs to this run and is unfinished, else None."""
     if not path.exists():
         return None
     try:
         state = checkpoint.load(path)
-    except Exception as e:  # a torn or foreign file: start over rather than fail
-        log(f"ignoring resume checkpoint {path}: {e}")
+    except CheckpointError as e:  # torn or foreign: keep it aside for inspection, start over
+        aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+        os.replace(path, aside)
+        log(f"ignoring resume checkpoint {path} (moved to {aside.name}): {e}")
         return None
     if state.get("fingerprint") != fingerprint:
         old = state.get("fingerprint") or {}
@@ -276,10 +307,8 @@ def train(ds: Dataset, spec: RunSpec, out_dir, device=None, log=print) -> dict:
     r = spec.recipe
     device = pick_device(device)
     cuda = device.type == "cuda"
-    if not cuda and spec.precision != "fp32":
-        log("CPU run: training in fp32 (bf16 autocast is used on CUDA only)")
     seed_everything(spec.seed, spec.deterministic)
-    amp = autocast_for(device, spec.precision)
+    amp = autocast_for(device, resolve_precision(device, spec.precision, log))
 
     train_idx, val_idx = np.arange(len(ds.train)), None
     if spec.selection == "best_val":
@@ -295,10 +324,12 @@ def train(ds: Dataset, spec: RunSpec, out_dir, device=None, log=print) -> dict:
     opt = make_optimizer(model, r, device)
     sched, per_step = make_scheduler(opt, r, steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=r["label_smoothing"])
-    net = torch.compile(model) if spec.compile else model
+    # dynamic=False: the partial last batch and eval batches compile once each, as static graphs.
+    net = torch.compile(model, dynamic=False) if spec.compile else model
 
-    fingerprint = spec.fingerprint(ds.num_classes)
+    fingerprint = spec.fingerprint(ds.num_classes, device)
     last_path = out_dir / "last.pt"
+    remove_stale_temps(out_dir)  # of an attempt killed while saving (SIGKILL, node failure)
     history, best = [], {"score": -1.0, "epoch": 0, "state_dict": None, "metrics": {}}
     epoch0, step0, partial = 1, 0, None
     state = find_resume(last_path, fingerprint, log)
@@ -324,52 +355,62 @@ def train(ds: Dataset, spec: RunSpec, out_dir, device=None, log=print) -> dict:
             "best": best, "position": {"epoch": epoch, "step": step}, "partial": acc,
             "rng": _to_python(_rng_state()), "fingerprint": fingerprint, "complete": complete})
 
-    with StopFlag() as stop:
-        for epoch in range(epoch0, r["epochs"] + 1):
-            lr = opt.param_groups[0]["lr"]
-            acc = partial or {"loss_sum": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
-            partial = None
-            stats = EpochStats(device, acc["loss_sum"], acc["correct"], acc["count"])
-            t0 = time.perf_counter()
-            bar = Progress(steps)
-            model.train()
-            for step, x, y in train_batches(train_split, r["batch_size"], spec.seed, epoch, step0, cuda):
-                loss = train_step(net, opt, criterion, amp, x, y, step, stats)
-                if per_step:
+    refuse_if_diverged(out_dir / DIVERGED, fingerprint)
+    try:
+        with StopFlag() as stop:
+            for epoch in range(epoch0, r["epochs"] + 1):
+                acc = partial or {"loss_sum": 0.0, "correct": 0, "count": 0, "seconds": 0.0,
+                                  "lr": opt.param_groups[0]["lr"]}
+                lr = acc["lr"]  # the epoch's starting lr, also when resuming mid-epoch (onecycle moves it per step)
+                partial = None
+                stats = EpochStats(device, acc["loss_sum"], acc["correct"], acc["count"])
+                t0 = time.perf_counter()
+                bar = Progress(steps)
+                model.train()
+                for step, x, y in train_batches(train_split, r["batch_size"], spec.seed, epoch, step0, cuda):
+                    train_step(net, opt, criterion, amp, x, y, step, stats)
+                    if per_step:
+                        sched.step()
+                    check_finite(stats, epoch, step, steps, cuda, last_path)
+                    bar.update(step + 1, epoch)
+                    if stop.signum:
+                        bar.close()
+                        check_finite(stats, epoch, step, steps, cuda, last_path, force=True)
+                        save_resume(epoch, step + 1, {**stats.read(), "lr": lr,
+                                                      "seconds": acc["seconds"] + time.perf_counter() - t0})
+                        raise Preempted(stop.signum)
+                bar.close()
+                step0 = 0
+                if not per_step:
                     sched.step()
-                check_finite(stats, loss, epoch, step, steps, cuda, last_path)
-                bar.update(step + 1, epoch)
+                seconds = acc["seconds"] + time.perf_counter() - t0
+                test_loss, test_acc = evaluate(net, test_split, amp, cuda)
+                total = stats.read()
+                count = total["count"]
+                row = {"epoch": epoch, "lr": lr, "train_loss": total["loss_sum"] / count,
+                       "train_acc": total["correct"] / count, "test_loss": test_loss, "test_acc": test_acc,
+                       "val_loss": "", "val_acc": "", "seconds": round(seconds, 3),
+                       "images_per_s": round(count / max(seconds, 1e-9), 1)}
+                if val_split is not None:
+                    row["val_loss"], row["val_acc"] = evaluate(net, val_split, amp, cuda)
+                history.append(row)
+                score = {"best_test": test_acc, "best_val": row["val_acc"], "last": epoch}[spec.selection]
+                if score > best["score"]:
+                    best = {"score": score, "epoch": epoch, "metrics": dict(row),
+                            "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+                save_resume(epoch + 1, 0, None)
+                write_csv(out_dir / "history.csv", history, HISTORY_FIELDS)
+                log(f"epoch {epoch}/{r['epochs']} lr {lr:.4g} train loss {row['train_loss']:.4f} "
+                    f"acc {row['train_acc']:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} | "
+                    f"{seconds:.1f}s {row['images_per_s']:.0f} img/s")
                 if stop.signum:
-                    bar.close()
-                    save_resume(epoch, step + 1, {**stats.read(), "seconds": acc["seconds"] + time.perf_counter() - t0})
                     raise Preempted(stop.signum)
-            bar.close()
-            step0 = 0
-            if not per_step:
-                sched.step()
-            seconds = acc["seconds"] + time.perf_counter() - t0
-            test_loss, test_acc = evaluate(net, test_split, amp, cuda)
-            total = stats.read()
-            count = total["count"]
-            row = {"epoch": epoch, "lr": lr, "train_loss": total["loss_sum"] / count,
-                   "train_acc": total["correct"] / count, "test_loss": test_loss, "test_acc": test_acc,
-                   "val_loss": "", "val_acc": "", "seconds": round(seconds, 3),
-                   "images_per_s": round(count / max(seconds, 1e-9), 1)}
-            if val_split is not None:
-                row["val_loss"], row["val_acc"] = evaluate(net, val_split, amp, cuda)
-            history.append(row)
-            score = {"best_test": test_acc, "best_val": row["val_acc"], "last": epoch}[spec.selection]
-            if score > best["score"]:
-                best = {"score": score, "epoch": epoch, "metrics": dict(row),
-                        "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
-            save_resume(epoch + 1, 0, None)
-            write_csv(out_dir / "history.csv", history, HISTORY_FIELDS)
-            log(f"epoch {epoch}/{r['epochs']} lr {lr:.4g} train loss {row['train_loss']:.4f} "
-                f"acc {row['train_acc']:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} | "
-                f"{seconds:.1f}s {row['images_per_s']:.0f} img/s")
-            if stop.signum:
-                raise Preempted(stop.signum)
 
+    except Diverged as e:  # remembered, so that Snakemake's retries do not diverge again and again
+        write_json(out_dir / DIVERGED, {"fingerprint": fingerprint, "message": str(e)})
+        raise
+    # Also here: a run resumed after its last epoch (killed while saving) has no loop iteration left.
+    write_csv(out_dir / "history.csv", history, HISTORY_FIELDS)
     checkpoint.save(out_dir / "model.pt", {**run_meta(best["epoch"]), "state_dict": best["state_dict"],
                                            "metrics": best["metrics"]})
     save_resume(r["epochs"] + 1, 0, None, complete=True)

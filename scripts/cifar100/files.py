@@ -25,12 +25,29 @@ def atomic_path(path):
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
         yield tmp
+        _fsync(tmp)  # the bytes reach the disk before the name does: no empty file after a crash
         os.replace(tmp, path)
+        _fsync(path.parent)
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(folder) -> None:
+    """Delete temp files that a killed writer left in ``folder`` (one run's folder: no other
+    writer is active there while its training starts)."""
+    for tmp in Path(folder).glob(".*.tmp*"):
+        tmp.unlink(missing_ok=True)
 
 
 def write_text(path, text: str) -> None:

@@ -122,17 +122,18 @@ def grad_cam(model: nn.Module, images: torch.Tensor, classes, layer="layer4", ba
 def randomised_copy(model: nn.Module, layer="layer4", seed: int = 0) -> nn.Module:
     """A deep copy of ``model`` whose ``layer`` has fresh initial weights (reset_parameters on every
     module inside it; BatchNorm also forgets its running statistics). ``model`` is untouched."""
-    clone = copy.deepcopy(model)
+    device = next(model.parameters()).device
+    clone = copy.deepcopy(model).cpu()  # re-initialised on the CPU: same weights on any device
     name = layer if isinstance(layer, str) else next(n for n, m in model.named_modules() if m is layer)
     target = resolve_layer(clone, name)
     with torch.random.fork_rng(devices=[]):  # reproducible, and the caller's RNG stream is left alone
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only (torch.manual_seed seeds CUDA too)
         for m in target.modules():
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
             if hasattr(m, "reset_running_stats"):
                 m.reset_running_stats()
-    return clone
+    return clone.to(device)
 
 
 def randomisation_check(model, images, classes, layer="layer4", randomise="layer4", seed: int = 0,
