@@ -110,6 +110,12 @@ def test_editing_training_code_reruns_training_and_everything_downstream(run):
     assert "download" not in jobs
 
 
+def test_a_newer_download_script_never_refetches_existing_data(run):
+    workflow, wd = run
+    with edited(workflow / "scripts/download.py"):
+        assert planned(workflow, wd) == {}
+
+
 def test_changing_an_analysis_parameter_reruns_only_that_analysis(run, tmp_path):
     workflow, wd = run
     override = tmp_path / "gallery.yaml"
