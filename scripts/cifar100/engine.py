@@ -405,7 +405,6 @@ def train(ds: Dataset, spec: RunSpec, out_dir, device=None, log=print) -> dict:
                     f"{seconds:.1f}s {row['images_per_s']:.0f} img/s")
                 if stop.signum:
                     raise Preempted(stop.signum)
-
     except Diverged as e:  # remembered, so that Snakemake's retries do not diverge again and again
         write_json(out_dir / DIVERGED, {"fingerprint": fingerprint, "message": str(e)})
         raise
