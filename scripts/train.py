@@ -13,10 +13,12 @@ resumes from last.pt. Exit status 128+signal after a preemption checkpoint, 2 on
 import argparse
 import json
 import os
+import time
 
 from cifar100 import config as cfg
 from cifar100 import data, engine
-from cifar100.errors import ConfigError, run_cli
+from cifar100.errors import ConfigError, Preempted, UserError, run_cli
+from cifar100.files import ensure_dir
 
 
 def parse_args(argv=None):
@@ -59,13 +61,25 @@ def main(argv=None):
                           precision=pick(a.precision, "precision", "bf16"),
                           compile=pick(a.compile, "compile", False))
     ds = data.load(pick(a.data_dir, "data_dir", "data"))
-    out_dir = a.out_dir or f"results/{a.recipe}/seed{a.seed}"
-    print(f"training {a.recipe} seed {a.seed} on {engine.pick_device(a.device)}: {len(ds.train)} images, "
-          f"{ds.num_classes} classes -> {out_dir}", flush=True)
+    out_dir = ensure_dir(a.out_dir or f"results/{a.recipe}/seed{a.seed}")
+    # Snakemake empties the rule's log before each attempt; attempts.log (not an output) keeps them all.
+    attempts = out_dir / "attempts.log"
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+        with open(attempts, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    log(f"training {a.recipe} seed {a.seed} on {engine.pick_device(a.device)}: {len(ds.train)} images, "
+        f"{ds.num_classes} classes -> {out_dir}")
     if "SLURM_JOB_ID" in os.environ:  # where the scheduler placed this attempt (tests/test_slurm.py reads it)
-        print(f"slurm job {os.environ['SLURM_JOB_ID']}: partition {os.environ.get('SLURM_JOB_PARTITION')}, "
-              f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}", flush=True)
-    engine.train(ds, spec, out_dir, device=a.device, log=lambda m: print(m, flush=True))
+        log(f"slurm job {os.environ['SLURM_JOB_ID']}: partition {os.environ.get('SLURM_JOB_PARTITION')}, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}")
+    try:
+        engine.train(ds, spec, out_dir, device=a.device, log=log)
+    except (Preempted, UserError) as e:
+        log(f"stopped: {e}")
+        raise
 
 
 if __name__ == "__main__":

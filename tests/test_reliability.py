@@ -59,6 +59,8 @@ def test_sigkill_at_a_random_point_then_rerun_is_bit_identical(tiny_data, tmp_pa
     assert not (out / "model.pt").exists()
     p = run_script("train.py", *train_args(tiny_data, out, LONG))
     assert "resuming from" in p.stdout
+    attempts = (out / "attempts.log").read_text()  # both attempts, though the rule's log keeps one
+    assert attempts.count("training baseline seed 0") == 2 and "resuming from" in attempts
     assert _same_weights(out / "model.pt", clean_run / "model.pt")
     assert _same_weights(out / "last.pt", clean_run / "last.pt")
     assert [ln for ln in (out / "history.csv").read_text().splitlines()][0].startswith("epoch,lr")
@@ -76,6 +78,7 @@ def test_signal_checkpoints_mid_epoch_exits_nonzero_and_resumes_exactly(tiny_dat
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + sig, output
     assert f"received signal {int(sig)}" in output and "resume checkpoint written" in output
+    assert "stopped: stopped by signal" in (out / "attempts.log").read_text()
     state = torch.load(out / "last.pt", weights_only=True)
     assert not state["complete"] and state["position"]["epoch"] >= 2
     p = run_script("train.py", *train_args(tiny_data, out, LONG))

@@ -18,10 +18,7 @@ from .errors import OutputError
 def atomic_path(path):
     """Yield a temp path next to ``path``; on success rename it over ``path``, else delete it."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create folder {path.parent}: {e.strerror}") from e
+    ensure_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
         yield tmp
@@ -33,6 +30,15 @@ def atomic_path(path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def ensure_dir(folder) -> Path:
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create folder {folder}: {e.strerror}") from e
+    return folder
 
 
 def _fsync(path: Path) -> None:
