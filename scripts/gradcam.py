@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cifar100 import checkpoint, data, engine, gradcam, plots
+from cifar100 import checkpoint, data, engine, gradcam, metrics, plots
 from cifar100.errors import DataError, run_cli
 from cifar100.files import write_json, write_npz
 from cifar100.pipeline import DeviceSplit
@@ -45,28 +45,6 @@ def parse_args(argv=None):
     p.add_argument("--alpha", type=float, default=0.5,
                    help="weight of the heat map in the overlay (default: %(default)s)")
     return p.parse_args(argv)
-
-
-def load_predictions(path, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Logits from predictions.npz, checked against the test split; DataError otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            logits, stored = f["logits"], f["labels"]
-    except KeyError as e:
-        raise DataError(f"{path}: missing array {e}") from None
-    except Exception as e:  # truncated zip, not an npz, pickled objects
-        raise DataError(f"{path}: unreadable predictions ({type(e).__name__}: {e})") from None
-    if logits.shape != (len(labels), num_classes):
-        raise DataError(f"{path}: logits have shape {logits.shape}, but the test set has {len(labels)} "
-                        f"images of {num_classes} classes")
-    if stored.shape != labels.shape or not np.array_equal(stored, labels):
-        raise DataError(f"{path}: labels do not match the test set's: predictions of another dataset?")
-    if not np.isfinite(logits).all():
-        raise DataError(f"{path}: logits contain NaN or infinity")
-    return logits.astype(np.float64)
 
 
 def most_confident(confidence: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
@@ -100,15 +78,11 @@ def main(argv=None):
     out_dir = Path(a.out_dir or Path(a.checkpoint).parent)
     test, names, _, _ = data.load_test(a.data_dir)
     device = engine.pick_device(a.device)
-    model, ckpt = checkpoint.load_model(a.checkpoint, num_classes=len(names), device=device)
-    if list(ckpt.get("fine_names", names)) != names:
-        raise DataError(f"{a.checkpoint}: class names differ from those in {data.dataset_dir(a.data_dir)}/meta")
+    model, ckpt = checkpoint.load_model(a.checkpoint, device=device, class_names=names)
     gradcam.resolve_layer(model, a.layer)  # unknown names fail before any work
     gradcam.resolve_layer(model, a.randomise)
-    logits = load_predictions(a.predictions, test.labels, len(names))
-
-    z = logits - logits.max(1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    logits, _ = metrics.load_predictions(a.predictions, test.labels, len(names))
+    probs = metrics.softmax(logits)
     pred, conf = probs.argmax(1), probs.max(1)
     correct = pred == test.labels
     chosen = {"correct": most_confident(conf, correct, a.n), "incorrect": most_confident(conf, ~correct, a.n)}

@@ -45,8 +45,11 @@ def load(path, map_location="cpu") -> dict:
     return ckpt
 
 
-def load_model(path, num_classes: int | None = None, device="cpu"):
-    """Rebuild the model a checkpoint describes; check it fits a dataset of ``num_classes``."""
+def load_model(path, num_classes: int | None = None, device="cpu", class_names: list[str] | None = None):
+    """Rebuild the model a checkpoint describes; check it fits a dataset of ``num_classes``
+    (``len(class_names)`` when names are given) and, with ``class_names``, that its classes are those."""
+    if class_names is not None:
+        num_classes = len(class_names)
     ckpt = load(path)
     try:
         args = {"num_classes": int(ckpt["model_args"]["num_classes"]), "width": int(ckpt["model_args"]["width"])}
@@ -57,6 +60,8 @@ def load_model(path, num_classes: int | None = None, device="cpu"):
         raise CheckpointError(
             f"{path}: checkpoint has {args['num_classes']} classes but the dataset has {num_classes}"
         )
+    if class_names is not None and list(ckpt.get("fine_names", class_names)) != list(class_names):
+        raise CheckpointError(f"{path}: its class names differ from the dataset's")
     model = resnet18(**args)
     try:
         model.load_state_dict(state)

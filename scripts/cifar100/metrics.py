@@ -43,7 +43,7 @@ def load_predictions(path, labels: np.ndarray | None = None, num_classes: int | 
     except DataError:
         raise
     except Exception as e:  # not a zip, truncated, pickled object arrays, ...
-        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
+        raise DataError(f"{path}: unreadable predictions, not a readable .npz file ({type(e).__name__}: {e})") from e
     if logits.ndim != 2 or not np.issubdtype(logits.dtype, np.floating):
         raise DataError(f"{path}: 'logits' must be a float [N, C] array, found shape {logits.shape} {logits.dtype}")
     if file_labels.ndim != 1 or not np.issubdtype(file_labels.dtype, np.integer):
@@ -60,7 +60,8 @@ def load_predictions(path, labels: np.ndarray | None = None, num_classes: int | 
             raise DataError(f"{path}: {len(file_labels)} predictions but the test set has {len(labels)} images")
         if not np.array_equal(labels, file_labels):
             # Row i must be test image i; otherwise every image-based figure would be mislabelled.
-            raise DataError(f"{path}: labels differ from the dataset's test labels (another dataset or order?)")
+            raise DataError(f"{path}: labels differ from the dataset's test labels: its labels do not match "
+                            "row by row (another dataset or another order?)")
     if file_labels.min() < 0 or file_labels.max() >= logits.shape[1]:
         raise DataError(f"{path}: labels out of range 0..{logits.shape[1] - 1}")
     if not np.isfinite(logits).all():
