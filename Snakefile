@@ -62,7 +62,7 @@ def modules(*names):
     return [str(PKG / n) for n in names]
 
 
-CORE = ["data.py", "files.py", "errors.py"]
+CORE = ["data.py", "files.py", "exceptions.py"]
 MODEL = ["pipeline.py", "model.py", "engine.py", "checkpoint.py"]
 ANALYSIS = [*CORE, "metrics.py", "plots.py"]
 
@@ -395,7 +395,7 @@ rule gradcam:
         model=rules.train.output.model,
         predictions=rules.evaluate.output.predictions,
         script=script("gradcam.py"),
-        code=modules(*ANALYSIS, *MODEL, "gradcam.py"),
+        code=modules(*ANALYSIS, *MODEL, "cam.py"),
     output:
         correct=report(
             f"{RUN}/gradcam_correct.png",

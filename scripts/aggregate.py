@@ -17,7 +17,8 @@ import argparse
 from pathlib import Path
 
 from cifar100 import plots, replicates
-from cifar100.errors import DataError, run_cli
+from cifar100.cli import run_cli
+from cifar100.exceptions import DataError
 from cifar100.files import write_csv
 
 

@@ -12,7 +12,7 @@ Recipes with one seed get no error bar. Overlapping intervals are not a test of 
 import argparse
 
 from cifar100 import plots, replicates
-from cifar100.errors import run_cli
+from cifar100.cli import run_cli
 from cifar100.files import write_csv
 
 LABELS = {"top1": "top-1 accuracy", "top5": "top-5 accuracy", "macro_f1": "macro F1",

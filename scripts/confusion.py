@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cifar100 import data, metrics, plots
-from cifar100.errors import positive_int, run_cli
+from cifar100.cli import positive_int, run_cli
 from cifar100.files import write_csv, write_json
 
 PER_CLASS_FIELDS = ["class_index", "class_name", "superclass", "accuracy", "support"]

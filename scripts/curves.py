@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from cifar100 import plots
-from cifar100.errors import DataError, run_cli
+from cifar100.cli import run_cli
+from cifar100.exceptions import DataError
 
 REQUIRED = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc"]
 OPTIONAL = ["val_loss", "val_acc"]

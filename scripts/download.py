@@ -11,7 +11,7 @@ check that it loads.
 import argparse
 
 from cifar100 import data
-from cifar100.errors import run_cli
+from cifar100.cli import run_cli
 
 
 def parse_args(argv=None):

@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 
 from cifar100 import data, metrics, plots
-from cifar100.errors import positive_int, run_cli
+from cifar100.cli import positive_int, run_cli
 from cifar100.files import write_csv, write_json
 
 PAIR_FIELDS = ["true_index", "true_name", "pred_index", "pred_name", "count"]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from cifar100 import checkpoint, data, engine
-from cifar100.errors import run_cli
+from cifar100.cli import run_cli
 from cifar100.files import write_json, write_npz
 from cifar100.pipeline import DeviceSplit
 

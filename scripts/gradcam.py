@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cifar100 import checkpoint, data, engine, gradcam, metrics, plots
-from cifar100.errors import DataError, run_cli
+from cifar100 import cam, checkpoint, data, engine, metrics, plots
+from cifar100.cli import run_cli
+from cifar100.exceptions import DataError
 from cifar100.files import write_json, write_npz
 from cifar100.pipeline import DeviceSplit
 
@@ -54,7 +55,7 @@ def most_confident(confidence: np.ndarray, mask: np.ndarray, n: int) -> np.ndarr
 
 
 def figure(kind, idx, images, maps, labels, pred, conf, names, n, layer, alpha, total):
-    overlays = [gradcam.overlay(images[i], m, alpha) for i, m in zip(idx, maps)]
+    overlays = [cam.overlay(images[i], m, alpha) for i, m in zip(idx, maps)]
     titles = [f"true: {names[labels[i]]}\npred: {names[pred[i]]} ({conf[i]:.2f})" for i in idx]
     color = "green" if kind == "correct" else "red"
     note = ""
@@ -79,8 +80,8 @@ def main(argv=None):
     test, names, _, _ = data.load_test(a.data_dir)
     device = engine.pick_device(a.device)
     model, ckpt = checkpoint.load_model(a.checkpoint, device=device, class_names=names)
-    gradcam.resolve_layer(model, a.layer)  # unknown names fail before any work
-    gradcam.resolve_layer(model, a.randomise)
+    cam.resolve_layer(model, a.layer)  # unknown names fail before any work
+    cam.resolve_layer(model, a.randomise)
     logits, _ = metrics.load_predictions(a.predictions, test.labels, len(names))
     probs = metrics.softmax(logits)
     pred, conf = probs.argmax(1), probs.max(1)
@@ -91,8 +92,8 @@ def main(argv=None):
     split = DeviceSplit(test.images[idx], test.labels[idx], device)
     x = split.normalise(split.images)  # exactly the normalisation training and evaluation use
     classes = torch.as_tensor(pred[idx], device=device)
-    maps, model_logits = gradcam.grad_cam(model, x, classes, a.layer, a.batch_size, return_logits=True)
-    check = gradcam.randomisation_check(model, x, classes, a.layer, a.randomise, a.seed, maps, a.batch_size)
+    maps, model_logits = cam.grad_cam(model, x, classes, a.layer, a.batch_size, return_logits=True)
+    check = cam.randomisation_check(model, x, classes, a.layer, a.randomise, a.seed, maps, a.batch_size)
     maps_np = maps.cpu().numpy().astype(np.float32)
     agree = float((model_logits.argmax(1).cpu().numpy() == pred[idx]).mean()) if len(idx) else None
 

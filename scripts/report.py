@@ -20,7 +20,8 @@ import argparse
 from pathlib import Path
 
 from cifar100 import data, metrics, plots
-from cifar100.errors import DataError, positive_int, run_cli
+from cifar100.cli import positive_int, run_cli
+from cifar100.exceptions import DataError
 from cifar100.files import read_json, write_csv, write_json, write_text
 
 REPORT_FIELDS = ["class_index", "class_name", "precision", "recall", "f1", "support"]

@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 
 from cifar100 import data, metrics, plots
-from cifar100.errors import positive_int, run_cli
+from cifar100.cli import positive_int, run_cli
 
 
 def parse_args(argv=None):

@@ -17,7 +17,8 @@ import time
 
 from cifar100 import config as cfg
 from cifar100 import data, engine
-from cifar100.errors import ConfigError, Preempted, UserError, run_cli
+from cifar100.cli import run_cli
+from cifar100.exceptions import ConfigError, Preempted, UserError
 from cifar100.files import ensure_dir
 
 

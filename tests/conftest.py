@@ -58,7 +58,7 @@ SHARED_OUTPUTS = ["results/baseline/seeds_summary.csv", "results/baseline/seeds_
 
 
 def load_script(name):
-    """scripts/<name>.py as a module (under a private name: scripts/errors.py is not cifar100.errors)."""
+    """scripts/<name>.py as a module (under a private name, apart from the package modules)."""
     spec = importlib.util.spec_from_file_location(f"_script_{name}", SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -24,7 +24,7 @@ SCRIPTS = REPO / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
 from cifar100 import data, metrics, plots  # noqa: E402
-from cifar100.errors import run_cli  # noqa: E402
+from cifar100.cli import run_cli  # noqa: E402
 from cifar100.files import write_csv, write_json, write_npz  # noqa: E402
 from conftest import load_script  # noqa: E402
 

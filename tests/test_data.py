@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cifar100 import data
-from cifar100.errors import DataError
+from cifar100.exceptions import DataError
 from conftest import Evil, run_script
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cifar100.errors import OutputError
+from cifar100.exceptions import OutputError
 from cifar100.files import atomic_path, write_json
 
 

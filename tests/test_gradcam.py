@@ -14,8 +14,9 @@ import torch.nn.functional as F
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
-from cifar100 import checkpoint, data, gradcam, plots  # noqa: E402
-from cifar100.errors import UserError, run_cli  # noqa: E402
+from cifar100 import cam, checkpoint, data, plots  # noqa: E402
+from cifar100.cli import run_cli  # noqa: E402
+from cifar100.exceptions import UserError  # noqa: E402
 from cifar100.model import resnet18  # noqa: E402
 from conftest import load_script  # noqa: E402
 
@@ -57,7 +58,7 @@ def direct_grad_cam(model, x, classes):
 
 def test_grad_cam_matches_direct_formula(tiny):
     model, x, classes = tiny
-    maps = gradcam.grad_cam(model, x, classes, "layer4")
+    maps = cam.grad_cam(model, x, classes, "layer4")
     expected = direct_grad_cam(model, x, classes)
     assert maps.shape == (6, 32, 32) and maps.dtype == torch.float32
     torch.testing.assert_close(maps, expected, atol=1e-5, rtol=1e-4)
@@ -67,9 +68,9 @@ def test_grad_cam_matches_direct_formula(tiny):
 
 def test_grad_cam_batching_module_and_name_agree(tiny):
     model, x, classes = tiny
-    whole = gradcam.grad_cam(model, x, classes, "layer4")
-    torch.testing.assert_close(gradcam.grad_cam(model, x, classes, model.layer4, batch_size=4), whole)
-    maps, logits = gradcam.grad_cam(model, x, classes.tolist(), "layer4", return_logits=True)
+    whole = cam.grad_cam(model, x, classes, "layer4")
+    torch.testing.assert_close(cam.grad_cam(model, x, classes, model.layer4, batch_size=4), whole)
+    maps, logits = cam.grad_cam(model, x, classes.tolist(), "layer4", return_logits=True)
     torch.testing.assert_close(maps, whole)
     with torch.no_grad():
         torch.testing.assert_close(logits, model(x))
@@ -80,7 +81,7 @@ def test_grad_cam_leaves_model_as_found(tiny):
     model.train()
     try:
         with torch.no_grad():  # a caller's no_grad must not break it
-            maps = gradcam.grad_cam(model, x, classes, "layer3")
+            maps = cam.grad_cam(model, x, classes, "layer3")
         assert model.training
     finally:
         model.eval()
@@ -92,10 +93,10 @@ def test_grad_cam_leaves_model_as_found(tiny):
 def test_hooks_removed_after_an_exception(tiny):
     model, x, classes = tiny
     with pytest.raises(UserError, match=r"\[N, C, H, W\]"):
-        gradcam.grad_cam(model, x, classes, "fc")  # a 2-d output: refused inside the hook's lifetime
+        cam.grad_cam(model, x, classes, "fc")  # a 2-d output: refused inside the hook's lifetime
     assert all_hooks(model) == 0
     with pytest.raises(RuntimeError, match="boom"):
-        with gradcam.capture_activations(model.layer4):
+        with cam.capture_activations(model.layer4):
             assert len(model.layer4._forward_hooks) == 1
             raise RuntimeError("boom")
     assert all_hooks(model) == 0
@@ -104,15 +105,15 @@ def test_hooks_removed_after_an_exception(tiny):
 def test_unknown_layer_and_bad_classes(tiny):
     model, x, classes = tiny
     with pytest.raises(UserError, match="unknown layer 'layer9'.*layer4"):
-        gradcam.grad_cam(model, x, classes, "layer9")
+        cam.grad_cam(model, x, classes, "layer9")
     with pytest.raises(ValueError, match="one class per image"):
-        gradcam.grad_cam(model, x, classes[:2], "layer4")
-    assert gradcam.grad_cam(model, x[:0], classes[:0]).shape == (0, 32, 32)
+        cam.grad_cam(model, x, classes[:2], "layer4")
+    assert cam.grad_cam(model, x[:0], classes[:0]).shape == (0, 32, 32)
 
 
 def test_constant_maps_become_zeros():
     maps = torch.stack([torch.full((32, 32), 3.0), torch.arange(1024.0).view(32, 32)])
-    out = gradcam._minmax(maps)
+    out = cam._minmax(maps)
     assert torch.equal(out[0], torch.zeros(32, 32))
     assert out[1].min() == 0 and out[1].max() == 1
 
@@ -120,14 +121,14 @@ def test_constant_maps_become_zeros():
 def test_randomisation_check(tiny):
     model, x, classes = tiny
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    check = gradcam.randomisation_check(model, x, classes, "layer4", "layer4", seed=0)
+    check = cam.randomisation_check(model, x, classes, "layer4", "layer4", seed=0)
     assert -1.0 <= check["mean"] <= 1.0
     assert check["per_image"].shape == (6,) and check["maps"].shape == (6, 32, 32)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # original untouched
-    clone = gradcam.randomised_copy(model, "layer4", seed=0)
+    clone = cam.randomised_copy(model, "layer4", seed=0)
     changed = {k for k, v in clone.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith("layer4.") for k in changed)
-    again = gradcam.randomised_copy(model, "layer4", seed=0)
+    again = cam.randomised_copy(model, "layer4", seed=0)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in clone.state_dict().items())  # seeded
 
 
@@ -139,30 +140,30 @@ def test_rank_correlation_matches_scipy():
     b = a + rng.normal(0, 0.3, a.shape)
     a[1, :4] = 0  # ties, as ReLU leaves them
     b[2, 2:] = 0.5
-    rho = gradcam.rank_correlation(a, b)
+    rho = cam.rank_correlation(a, b)
     expected = [spearmanr(x.ravel(), y.ravel()).statistic for x, y in zip(a, b)]
     np.testing.assert_allclose(rho, expected, atol=1e-12)
-    np.testing.assert_allclose(gradcam.rank_correlation(a, -a), -1)
-    assert np.isnan(gradcam.rank_correlation(np.zeros((1, 4, 4)), a[:1, :4, :4]))[0]
+    np.testing.assert_allclose(cam.rank_correlation(a, -a), -1)
+    assert np.isnan(cam.rank_correlation(np.zeros((1, 4, 4)), a[:1, :4, :4]))[0]
 
 
 def test_scale_and_overlay():
     maps = np.stack([np.full((4, 4), 2.0), np.arange(16.0).reshape(4, 4)])
-    s = gradcam.scale(maps)
+    s = cam.scale(maps)
     assert s.dtype == np.float32 and np.all(s[0] == 0) and s[1].min() == 0 and s[1].max() == 1
-    assert gradcam.scale(maps, size=(32, 32)).shape == (2, 32, 32)
-    assert gradcam.scale(maps[1]).shape == (4, 4)
+    assert cam.scale(maps, size=(32, 32)).shape == (2, 32, 32)
+    assert cam.scale(maps[1]).shape == (4, 4)
     image = np.full((32, 32, 3), 100, np.uint8)
-    cam = np.zeros((32, 32), np.float32)
-    cam[:16] = 1.0
-    out = gradcam.overlay(image, cam, alpha=1.0)
+    heat = np.zeros((32, 32), np.float32)
+    heat[:16] = 1.0
+    out = cam.overlay(image, heat, alpha=1.0)
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8
     assert out[0, 0, 0] > 100 and out[0, 0, 2] < 50  # JET at 1 is red (RGB order)
     assert out[-1, -1, 2] > 100 and out[-1, -1, 0] < 50  # JET at 0 is blue
-    assert np.array_equal(gradcam.overlay(image, cam, alpha=0.0), image)
-    assert gradcam.overlay(image, cam[:8, :8], 0.5).shape == (32, 32, 3)  # resized to the image
+    assert np.array_equal(cam.overlay(image, heat, alpha=0.0), image)
+    assert cam.overlay(image, heat[:8, :8], 0.5).shape == (32, 32, 3)  # resized to the image
     with pytest.raises(ValueError):
-        gradcam.overlay(image.astype(np.float32), cam)
+        cam.overlay(image.astype(np.float32), cam)
 
 
 def image_axes(fig):

@@ -11,7 +11,7 @@ from sklearn import metrics as skm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from cifar100 import metrics  # noqa: E402
-from cifar100.errors import DataError  # noqa: E402
+from cifar100.exceptions import DataError  # noqa: E402
 from cifar100.files import write_npz  # noqa: E402
 
 

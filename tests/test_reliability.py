@@ -15,7 +15,7 @@ import torch
 from cifar100 import checkpoint, data, engine
 from cifar100.config import load as load_config
 from cifar100.config import validate
-from cifar100.errors import ConfigError, Diverged, OutputError
+from cifar100.exceptions import ConfigError, Diverged, OutputError
 from conftest import Evil, REPO, SCRIPTS, TINY_RECIPE, run_script, train_args
 
 LONG = {**TINY_RECIPE, "epochs": 6, "batch_size": 32}  # 10 steps per epoch on the tiny set
@@ -153,7 +153,7 @@ def test_file_size_limit_is_a_clear_error_and_the_old_file_survives(tmp_path):
         "import resource, signal, sys, torch\n"
         f"sys.path.insert(0, {str(SCRIPTS)!r})\n"
         "from cifar100 import checkpoint\n"
-        "from cifar100.errors import OutputError\n"
+        "from cifar100.exceptions import OutputError\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
         "try:\n"
@@ -257,7 +257,7 @@ def test_repository_config_is_valid_and_baseline_is_the_notebook(config):
     assert config["recipes"]["baseline"] == {
         "epochs": 100, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
         "nesterov": False, "schedule": "step", "step_size": 30, "gamma": 0.1,
-        "label_smoothing": 0.0, "width": 64}
+        "label_smoothing": 0.0, "width": 64, "vary": "all"}  # vary: the one seed drives everything
 
 
 # --- resume edge cases, in-process ------------------------------------------------------------

@@ -17,7 +17,8 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
 from cifar100 import plots, replicates  # noqa: E402
-from cifar100.errors import DataError, run_cli  # noqa: E402
+from cifar100.cli import run_cli  # noqa: E402
+from cifar100.exceptions import DataError  # noqa: E402
 from conftest import load_script  # noqa: E402
 
 TOP1 = {0: 0.70, 1: 0.72, 2: 0.74}

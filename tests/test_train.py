@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cifar100 import checkpoint, data, engine
-from cifar100.errors import CheckpointError
+from cifar100.exceptions import CheckpointError
 from conftest import TINY_RECIPE, run_script, train_args
 
 

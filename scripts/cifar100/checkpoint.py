@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CheckpointError, OutputError
+from .exceptions import CheckpointError, OutputError
 from .files import atomic_path
 from .model import resnet18
 

@@ -1,10 +1,11 @@
 """Loading and validating config.yaml (the same schema the Snakefile validates against)."""
 
+import copy
 from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
+from .exceptions import ConfigError
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
@@ -37,20 +38,40 @@ def _coerce(value, schema: dict):
     return value
 
 
+def fill_defaults(value, schema: dict):
+    """Add, in place, every key the schema gives a ``default:`` and ``value`` lacks (recursively,
+    recipes included): the schema is the one place defaults live."""
+    if not isinstance(value, dict) or schema.get("type") != "object":
+        return value
+    props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+    for key, sub in props.items():
+        if key not in value and "default" in sub:
+            value[key] = copy.deepcopy(sub["default"])
+    for key, v in value.items():
+        fill_defaults(v, props.get(key, extra if isinstance(extra, dict) else {}))
+    return value
+
+
+def schema() -> dict:
+    return yaml.safe_load(SCHEMA.read_text())
+
+
 def validate(config: dict) -> dict:
-    """Check ``config`` against the schema and across keys; raise ConfigError naming the key.
+    """Check ``config`` against the schema and across keys, fill in the schema's defaults; raise
+    ConfigError naming the key.
 
     ``--config seeds=[0,1]`` reaches Snakemake as ['0', '1'] and ``deterministic=true`` as 'true':
     such strings are first turned, in place, into the numbers and booleans the schema asks for.
     """
     import jsonschema
 
-    schema = yaml.safe_load(SCHEMA.read_text())
-    _coerce(config, schema)
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    s = schema()
+    _coerce(config, s)
+    errors = sorted(jsonschema.Draft202012Validator(s).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
         raise ConfigError(f"config key {_where(e)}: {e.message}")
+    fill_defaults(config, s)
     check_runs(config)
     return config
 

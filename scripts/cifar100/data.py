@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from .exceptions import DataError
 from .files import atomic_path
 
 FOLDER = "cifar-100-python"

@@ -24,7 +24,7 @@ from torch import nn
 
 from . import checkpoint
 from .data import Dataset
-from .errors import CheckpointError, Diverged, Preempted
+from .exceptions import CheckpointError, Diverged, Preempted
 from .files import read_json, remove_stale_temps, write_csv, write_json
 from .model import resnet18
 from .pipeline import DeviceSplit, eval_batches, num_batches, train_batches

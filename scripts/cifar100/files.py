@@ -11,7 +11,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import OutputError
+from .exceptions import OutputError
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from .exceptions import DataError
 
 ECE_BINS = 15  # Guo et al. 2017 use 15 equal-width bins; reliability diagrams in the literature too
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from .errors import DataError
+from .exceptions import DataError
 
 METRICS = ("top1", "top5", "macro_f1", "ece")
 LEVEL = 0.95
