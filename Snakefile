@@ -3,12 +3,13 @@
 #   snakemake --cores all                                   # this machine
 #   snakemake --profile profiles/slurm                      # a SLURM cluster
 #   snakemake --cores 2 --configfile tests/tiny.yaml        # tiny synthetic run, minutes on a laptop
-#   snakemake --report report.html                          # every figure, captioned
+#   snakemake --report report.html                          # every figure and table, captioned
 #
-# Each rule lists the code it runs as an input, so editing a script reruns exactly the jobs that
-# use it: a plot change never retrains, a training change reruns everything downstream.
+# Each rule is the contract between Snakemake and its script: every path the script reads or writes
+# comes in as a quoted argument. Each rule's code inputs are the package modules its script imports
+# (read from the source), so a plot change never retrains and a training change reruns everything.
 
-import json
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -28,23 +29,22 @@ def ignore_signal(signum, frame):
 signal.signal(signal.SIGUSR1, ignore_signal)
 
 
-# Next to the Snakefile, so that `-d /scratch/run1` still finds the defaults;
-# --configfile and --config merge over it key by key.
+# Next to the Snakefile, so that `-d /scratch/run1` still finds it; --configfile and --config
+# merge over it key by key.
 configfile: Path(workflow.basedir) / "config.yaml"
 
 
 SCRIPTS = Path(workflow.basedir) / "scripts"
-PKG = SCRIPTS / "cifar100"
 CAPTIONS = SCRIPTS / "captions"
 sys.path.insert(0, str(SCRIPTS))
-from cifar100.config import validate  # noqa: E402
+from cifar100 import config as cfg, data, deps  # noqa: E402
 
-# The schema (scripts/cifar100/config.schema.yaml) plus cross-key checks; the error names the key.
-validate(config)
+# The schema (scripts/cifar100/config.schema.yaml) fills in defaults and checks every key and
+# combination before any job starts; the error names the key.
+cfg.validate(config)
 
-DATA = config["data_dir"]
-DATASET = [f"{DATA}/cifar-100-python/{name}" for name in ("train", "test", "meta")]
 RUN = "results/{recipe}/seed{seed}"
+RECIPE = "results/{recipe}"
 SIZES = config["analysis"]
 
 
@@ -53,69 +53,41 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+# ---- the dataset: read where it is, never an output (Snakemake never deletes what it did not make)
+def dataset_dir():
+    """The folder holding cifar-100-python/: data_dir for CIFAR-100, a folder of its own keyed by
+    its settings for a synthetic set."""
+    if config["dataset"] == "synthetic":
+        return str(data.synthetic_dir(config["data_dir"], config["synthetic"]))
+    return config["data_dir"]
+
+
+def dataset_version():
+    """What the data holds: training reruns when this changes. A synthetic set is named by its
+    settings; CIFAR-100 by the md5 of its files ("cifar100-official" for the real ones, also before
+    they are downloaded). A partial folder stops the workflow here, naming the missing file."""
+    if config["dataset"] == "synthetic":
+        return Path(DATA_DIR).name
+    cache = Path(".snakemake") / "cifar100-dataset-md5.json"
+    return data.content_version(DATA_DIR, cache) or "cifar100-official"
+
+
+DATA_DIR = dataset_dir()
+DATA_VERSION = dataset_version()
+MANIFEST = f"results/datasets/{Path(DATA_DIR).name if config['dataset'] == 'synthetic' else 'cifar100'}.json"
+
+
 def script(name):
     return str(SCRIPTS / name)
 
 
-def modules(*names):
-    """Package modules a rule's script imports: inputs, so that editing one reruns the rule."""
-    return [str(PKG / n) for n in names]
+def code(name):
+    """The package modules scripts/<name> imports, directly or indirectly."""
+    return deps.package_modules(SCRIPTS / name, SCRIPTS / "cifar100")
 
 
-CORE = ["data.py", "files.py", "exceptions.py"]
-MODEL = ["pipeline.py", "model.py", "engine.py", "checkpoint.py"]
-ANALYSIS = [*CORE, "metrics.py", "plots.py"]
-
-
-def recipe_json(wildcards):
-    return json.dumps(config["recipes"][wildcards.recipe], sort_keys=True)
-
-
-def train_flags(wildcards):
-    return (
-        f"--selection {config['selection']} --val-size {config.get('val_size', 5000)} "
-        f"--precision {config.get('precision', 'bf16')} "
-        f"--{'' if config.get('deterministic') else 'no-'}deterministic "
-        f"--{'' if config.get('compile') else 'no-'}compile"
-    )
-
-
-def download_flags(wildcards):
-    if config["dataset"] != "synthetic":
-        return "--dataset cifar100"
-    s = config.get("synthetic", {})
-    flags = {
-        "train-size": "train_size",
-        "test-size": "test_size",
-        "num-classes": "num_classes",
-        "num-coarse": "num_coarse",
-        "synthetic-seed": "seed",
-        "noise": "noise",
-    }
-    return "--dataset synthetic " + " ".join(
-        f"--{f} {s[k]}" for f, k in flags.items() if k in s
-    )
-
-
-def gradcam_outputs():
-    maps = ["gradcam_maps.npz"] if SIZES.get("gradcam_save_maps", True) else []
-    return ["gradcam_summary.json", *maps]
-
-
-def run_outputs():
-    """Every file one (recipe, seed) run ends with."""
-    per_run = [
-        "model.pt", "history.csv", "predictions.npz", "metrics.json", "samples.png",
-        "training_curves.png", "confusion_matrix.png", "per_class_accuracy.csv",
-        "class_extremes.png", "superclass_confusion.png", "confusion_summary.json",
-        "errors_gallery.png", "confusion_pairs.csv", "confidence_histogram.png",
-        "errors_summary.json", "classification_report.csv", "classification_report.json",
-        "classification_report.txt", "reliability_diagram.png", "summary.json",
-        "gradcam_correct.png", "gradcam_incorrect.png", *gradcam_outputs(),
-    ]  # fmt: skip
-    return expand(
-        f"{RUN}/{{name}}", recipe=config["runs"], seed=config["seeds"], name=per_run
-    )
+def caption(name):
+    return str(CAPTIONS / f"{name}.rst")
 
 
 def seeds_of(pattern):
@@ -127,22 +99,18 @@ def seeds_of(pattern):
     return files
 
 
-def data_dir(wildcards, input):
-    """data_dir, as the folder above cifar-100-python/ of the dataset inputs."""
-    return str(Path(input.data[0]).parents[1])
+def json_of(value):
+    import json
+
+    return json.dumps(value, sort_keys=True)
 
 
-def download_dir(wildcards, output):
-    return str(Path(output.meta).parents[1])
+def recipe_json(wildcards):
+    return json_of(config["recipes"][wildcards.recipe])
 
 
-def run_dir(wildcards, output):
-    """The folder of a rule's outputs (scripts take a folder and write fixed names into it)."""
-    return str(Path(output[0]).parent)
-
-
-def caption(name):
-    return str(CAPTIONS / f"{name}.rst")
+def flag(name, on):
+    return f"--{name}" if on else f"--no-{name}"
 
 
 report: str(CAPTIONS / "workflow.rst")
@@ -151,44 +119,34 @@ report: str(CAPTIONS / "workflow.rst")
 # Downloading needs the internet, which compute nodes often lack: always run it where snakemake runs.
 localrules:
     all,
-    download,
+    dataset,
 
 
-rule all:
-    input:
-        run_outputs(),
-        expand("results/{recipe}/seeds_summary.csv", recipe=config["runs"]),
-        expand("results/{recipe}/seeds_per_class.csv", recipe=config["runs"]),
-        expand("results/{recipe}/seeds_curves.png", recipe=config["runs"]),
-        "results/recipes_summary.csv",
-        "results/recipes_comparison.png",
-
-
-# ancient(): a newer download.py (a fresh clone, a git pull) must not make Snakemake delete
-# and re-fetch data that is already there, pre-staged or downloaded.
-rule download:
+# The manifest is what Snakemake owns of this step. Rules take it as ancient(): recreating it
+# never retrains; DATA_VERSION (a parameter of train) reruns training when the data changes.
+rule dataset:
     input:
         script=ancient(script("download.py")),
     output:
-        train=DATASET[0],
-        test=DATASET[1],
-        meta=DATASET[2],
+        manifest=MANIFEST,
     log:
-        "results/logs/download.log",
+        "results/logs/dataset.log",
     conda:
         "envs/train.yaml"
     params:
-        data_dir=download_dir,
-        flags=download_flags,
+        data_dir=config["data_dir"],
+        dataset=config["dataset"],
+        synthetic=json_of(config["synthetic"]),
     shell:
-        "python {input.script} --data-dir {params.data_dir} {params.flags} > {log} 2>&1"
+        "python {input.script:q} --data-dir {params.data_dir:q} --dataset {params.dataset:q}"
+        " --synthetic {params.synthetic:q} --manifest {output.manifest:q} > {log:q} 2>&1"
 
 
 rule train:
     input:
-        data=DATASET,
+        dataset=ancient(MANIFEST),
         script=script("train.py"),
-        code=modules(*CORE, *MODEL, "config.py"),
+        code=code("train.py"),
     output:
         model=f"{RUN}/model.pt",
         history=f"{RUN}/history.csv",
@@ -196,29 +154,35 @@ rule train:
         f"{RUN}/logs/train.log",
     benchmark:
         f"{RUN}/benchmarks/train.tsv"
-    conda:
-        "envs/train.yaml"
+    params:
+        data_dir=DATA_DIR,
+        data_version=DATA_VERSION,
+        recipe=recipe_json,
+        selection=config["selection"],
+        val_size=config["val_size"],
+        precision=config["precision"],
+        deterministic=flag("deterministic", config["deterministic"]),
+        compile=flag("compile", config["compile"]),
     threads: 4
     resources:
         gpu=1,
-    params:
-        data_dir=data_dir,
-        out_dir=run_dir,
-        recipe=recipe_json,
-        flags=train_flags,
+    conda:
+        "envs/train.yaml"
     # exec: the signals SLURM sends before a time limit reach python, not an intermediate shell.
     shell:
-        "exec python {input.script} --recipe {wildcards.recipe} --recipe-json {params.recipe:q}"
-        " --seed {wildcards.seed} --data-dir {params.data_dir} --out-dir {params.out_dir}"
-        " {params.flags} > {log} 2>&1"
+        "exec python {input.script:q} --recipe {wildcards.recipe:q} --recipe-json {params.recipe:q}"
+        " --seed {wildcards.seed} --data-dir {params.data_dir:q} --model {output.model:q}"
+        " --history {output.history:q} --selection {params.selection:q} --val-size {params.val_size}"
+        " --precision {params.precision:q} {params.deterministic} {params.compile}"
+        " --threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate:
     input:
-        data=DATASET,
-        model=rules.train.output.model,
+        dataset=ancient(MANIFEST),
+        checkpoint=rules.train.output.model,
         script=script("evaluate.py"),
-        code=modules(*CORE, *MODEL),
+        code=code("evaluate.py"),
     output:
         predictions=f"{RUN}/predictions.npz",
         metrics=f"{RUN}/metrics.json",
@@ -226,24 +190,24 @@ rule evaluate:
         f"{RUN}/logs/evaluate.log",
     benchmark:
         f"{RUN}/benchmarks/evaluate.tsv"
-    conda:
-        "envs/train.yaml"
+    params:
+        data_dir=DATA_DIR,
+    threads: 2
     resources:
         gpu=1,
-    params:
-        data_dir=data_dir,
-        out_dir=run_dir,
+    conda:
+        "envs/train.yaml"
     shell:
-        "python {input.script} --checkpoint {input.model} --data-dir {params.data_dir}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        "python {input.script:q} --checkpoint {input.checkpoint:q} --data-dir {params.data_dir:q}"
+        " --predictions {output.predictions:q} --metrics {output.metrics:q} > {log:q} 2>&1"
 
 
 rule samples:
     input:
-        data=DATASET,
+        dataset=ancient(MANIFEST),
         predictions=rules.evaluate.output.predictions,
         script=script("samples.py"),
-        code=modules(*ANALYSIS),
+        code=code("samples.py"),
     output:
         figure=report(
             f"{RUN}/samples.png",
@@ -253,21 +217,21 @@ rule samples:
         ),
     log:
         f"{RUN}/logs/samples.log",
+    params:
+        data_dir=DATA_DIR,
+        n=SIZES["samples"],
     conda:
         "envs/analysis.yaml"
-    params:
-        data_dir=data_dir,
-        n=SIZES["samples"],
     shell:
-        "python {input.script} --predictions {input.predictions} --data-dir {params.data_dir}"
-        " --n {params.n} --out {output.figure} > {log} 2>&1"
+        "python {input.script:q} --predictions {input.predictions:q} --data-dir {params.data_dir:q}"
+        " --n {params.n} --figure {output.figure:q} > {log:q} 2>&1"
 
 
 rule curves:
     input:
         history=rules.train.output.history,
         script=script("curves.py"),
-        code=modules(*ANALYSIS),
+        code=code("curves.py"),
     output:
         figure=report(
             f"{RUN}/training_curves.png",
@@ -280,15 +244,15 @@ rule curves:
     conda:
         "envs/analysis.yaml"
     shell:
-        "python {input.script} --history {input.history} --out {output.figure} > {log} 2>&1"
+        "python {input.script:q} --history {input.history:q} --figure {output.figure:q} > {log:q} 2>&1"
 
 
 rule confusion:
     input:
-        data=DATASET,
+        dataset=ancient(MANIFEST),
         predictions=rules.evaluate.output.predictions,
         script=script("confusion.py"),
-        code=modules(*ANALYSIS),
+        code=code("confusion.py"),
     output:
         matrix=report(
             f"{RUN}/confusion_matrix.png",
@@ -297,7 +261,7 @@ rule confusion:
             subcategory="{recipe} seed {seed}",
         ),
         per_class=f"{RUN}/per_class_accuracy.csv",
-        extremes=report(
+        class_extremes=report(
             f"{RUN}/class_extremes.png",
             caption=caption("class_extremes"),
             category="evaluation",
@@ -312,22 +276,23 @@ rule confusion:
         summary=f"{RUN}/confusion_summary.json",
     log:
         f"{RUN}/logs/confusion.log",
+    params:
+        data_dir=DATA_DIR,
     conda:
         "envs/analysis.yaml"
-    params:
-        data_dir=data_dir,
-        out_dir=run_dir,
     shell:
-        "python {input.script} --predictions {input.predictions} --data-dir {params.data_dir}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        "python {input.script:q} --predictions {input.predictions:q} --data-dir {params.data_dir:q}"
+        " --matrix {output.matrix:q} --per-class {output.per_class:q}"
+        " --class-extremes {output.class_extremes:q} --superclass {output.superclass:q}"
+        " --summary {output.summary:q} > {log:q} 2>&1"
 
 
 rule errors:
     input:
-        data=DATASET,
+        dataset=ancient(MANIFEST),
         predictions=rules.evaluate.output.predictions,
         script=script("errors.py"),
-        code=modules(*ANALYSIS),
+        code=code("errors.py"),
     output:
         gallery=report(
             f"{RUN}/errors_gallery.png",
@@ -345,29 +310,30 @@ rule errors:
         summary=f"{RUN}/errors_summary.json",
     log:
         f"{RUN}/logs/errors.log",
+    params:
+        data_dir=DATA_DIR,
+        gallery_size=SIZES["gallery_size"],
+        top_pairs=SIZES["top_pairs"],
     conda:
         "envs/analysis.yaml"
-    params:
-        data_dir=data_dir,
-        out_dir=run_dir,
-        gallery=SIZES["gallery_size"],
-        pairs=SIZES["top_pairs"],
     shell:
-        "python {input.script} --predictions {input.predictions} --data-dir {params.data_dir}"
-        " --gallery-size {params.gallery} --top-pairs {params.pairs} --out-dir {params.out_dir} > {log} 2>&1"
+        "python {input.script:q} --predictions {input.predictions:q} --data-dir {params.data_dir:q}"
+        " --gallery-size {params.gallery_size} --top-pairs {params.top_pairs}"
+        " --gallery {output.gallery:q} --pairs {output.pairs:q} --histogram {output.histogram:q}"
+        " --summary {output.summary:q} > {log:q} 2>&1"
 
 
 rule report:
     input:
-        data=DATASET,
+        dataset=ancient(MANIFEST),
         predictions=rules.evaluate.output.predictions,
         metrics=rules.evaluate.output.metrics,
         script=script("report.py"),
-        code=modules(*ANALYSIS),
+        code=code("report.py"),
     output:
-        csv=f"{RUN}/classification_report.csv",
-        json=f"{RUN}/classification_report.json",
-        txt=f"{RUN}/classification_report.txt",
+        report_csv=f"{RUN}/classification_report.csv",
+        report_json=f"{RUN}/classification_report.json",
+        report_txt=f"{RUN}/classification_report.txt",
         reliability=report(
             f"{RUN}/reliability_diagram.png",
             caption=caption("reliability_diagram"),
@@ -377,25 +343,36 @@ rule report:
         summary=f"{RUN}/summary.json",
     log:
         f"{RUN}/logs/report.log",
+    params:
+        data_dir=DATA_DIR,
+        ece_bins=SIZES["ece_bins"],
     conda:
         "envs/analysis.yaml"
-    params:
-        data_dir=data_dir,
-        out_dir=run_dir,
-        bins=SIZES["ece_bins"],
     shell:
-        "python {input.script} --predictions {input.predictions} --metrics {input.metrics}"
-        " --data-dir {params.data_dir} --ece-bins {params.bins} --out-dir {params.out_dir} > {log} 2>&1"
+        "python {input.script:q} --predictions {input.predictions:q} --metrics {input.metrics:q}"
+        " --data-dir {params.data_dir:q} --ece-bins {params.ece_bins}"
+        " --report-csv {output.report_csv:q} --report-json {output.report_json:q}"
+        " --report-txt {output.report_txt:q} --reliability {output.reliability:q}"
+        " --summary {output.summary:q} > {log:q} 2>&1"
+
+
+def gradcam_maps():
+    """gradcam_maps.npz is an output only when the config asks for it."""
+    return {"maps": f"{RUN}/gradcam_maps.npz"} if SIZES["gradcam_save_maps"] else {}
+
+
+def gradcam_maps_flag(wildcards, output):
+    return f"--maps {shlex.quote(output.maps)}" if SIZES["gradcam_save_maps"] else ""
 
 
 # Grad-CAM runs the model, so it goes to a GPU node with the training environment.
 rule gradcam:
     input:
-        data=DATASET,
-        model=rules.train.output.model,
+        dataset=ancient(MANIFEST),
+        checkpoint=rules.train.output.model,
         predictions=rules.evaluate.output.predictions,
         script=script("gradcam.py"),
-        code=modules(*ANALYSIS, *MODEL, "cam.py"),
+        code=code("gradcam.py"),
     output:
         correct=report(
             f"{RUN}/gradcam_correct.png",
@@ -409,25 +386,27 @@ rule gradcam:
             category="interpretability",
             subcategory="{recipe} seed {seed}",
         ),
-        extra=[f"{RUN}/{name}" for name in gradcam_outputs()],
+        summary=f"{RUN}/gradcam_summary.json",
+        **gradcam_maps(),
     log:
         f"{RUN}/logs/gradcam.log",
     benchmark:
         f"{RUN}/benchmarks/gradcam.tsv"
-    conda:
-        "envs/train.yaml"
-    resources:
-        gpu=1,
     params:
-        data_dir=data_dir,
-        out_dir=run_dir,
+        data_dir=DATA_DIR,
         n=SIZES["gradcam_images"],
         layer=SIZES["gradcam_layer"],
-        maps="--save-maps" if SIZES.get("gradcam_save_maps", True) else "--no-save-maps",
+        maps=gradcam_maps_flag,
+    threads: 2
+    resources:
+        gpu=1,
+    conda:
+        "envs/train.yaml"
     shell:
-        "python {input.script} --checkpoint {input.model} --predictions {input.predictions}"
-        " --data-dir {params.data_dir} --n {params.n} --layer {params.layer} {params.maps}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        "python {input.script:q} --checkpoint {input.checkpoint:q} --predictions {input.predictions:q}"
+        " --data-dir {params.data_dir:q} --n {params.n} --layer {params.layer:q} {params.maps}"
+        " --correct {output.correct:q} --incorrect {output.incorrect:q}"
+        " --summary {output.summary:q} > {log:q} 2>&1"
 
 
 rule aggregate:
@@ -436,32 +415,31 @@ rule aggregate:
         histories=seeds_of(f"{RUN}/history.csv"),
         per_class=seeds_of(f"{RUN}/per_class_accuracy.csv"),
         script=script("aggregate.py"),
-        code=modules(*ANALYSIS, "replicates.py"),
+        code=code("aggregate.py"),
     output:
-        summary="results/{recipe}/seeds_summary.csv",
-        per_class="results/{recipe}/seeds_per_class.csv",
+        seeds_summary=f"{RECIPE}/seeds_summary.csv",
+        seeds_per_class=f"{RECIPE}/seeds_per_class.csv",
         curves=report(
-            "results/{recipe}/seeds_curves.png",
+            f"{RECIPE}/seeds_curves.png",
             caption=caption("seeds_curves"),
             category="replicates",
             subcategory="{recipe}",
         ),
     log:
-        "results/logs/aggregate_{recipe}.log",
+        f"{RECIPE}/logs/aggregate.log",
     conda:
         "envs/analysis.yaml"
-    params:
-        out_dir=run_dir,
     shell:
-        "python {input.script} --summaries {input.summaries} --histories {input.histories}"
-        " --per-class {input.per_class} --out-dir {params.out_dir} > {log} 2>&1"
+        "python {input.script:q} --summaries {input.summaries:q} --histories {input.histories:q}"
+        " --per-class {input.per_class:q} --seeds-summary {output.seeds_summary:q}"
+        " --seeds-per-class {output.seeds_per_class:q} --curves {output.curves:q} > {log:q} 2>&1"
 
 
 rule compare:
     input:
-        summaries=expand("results/{recipe}/seeds_summary.csv", recipe=config["runs"]),
+        summaries=expand(rules.aggregate.output.seeds_summary, recipe=config["runs"]),
         script=script("compare.py"),
-        code=modules(*ANALYSIS, "replicates.py"),
+        code=code("compare.py"),
     output:
         table="results/recipes_summary.csv",
         figure=report(
@@ -474,5 +452,29 @@ rule compare:
     conda:
         "envs/analysis.yaml"
     shell:
-        "python {input.script} --summaries {input.summaries} --out-table {output.table}"
-        " --out-figure {output.figure} > {log} 2>&1"
+        "python {input.script:q} --summaries {input.summaries:q} --table {output.table:q}"
+        " --figure {output.figure:q} > {log:q} 2>&1"
+
+
+# ---- what `snakemake` builds: every output of these rules, for every recipe and seed. A new rule
+# joins by its name here; the tests and the README's outputs table check against this same list.
+PER_RUN_RULES = ["train", "evaluate", "samples", "curves", "confusion", "errors", "report", "gradcam"]
+PER_RECIPE_RULES = ["aggregate"]
+STUDY_RULES = ["compare"]
+
+
+def targets():
+    files = []
+    for name in PER_RUN_RULES:
+        files += expand(list(getattr(rules, name).output), recipe=config["runs"], seed=config["seeds"])
+    for name in PER_RECIPE_RULES:
+        files += expand(list(getattr(rules, name).output), recipe=config["runs"])
+    for name in STUDY_RULES:
+        files += list(getattr(rules, name).output)
+    return files
+
+
+rule all:
+    default_target: True
+    input:
+        targets(),

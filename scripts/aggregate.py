@@ -3,9 +3,11 @@
 
     python scripts/aggregate.py --summaries results/baseline/seed{0,1,2}/summary.json \
         --histories results/baseline/seed{0,1,2}/history.csv \
-        --per-class results/baseline/seed{0,1,2}/per_class_accuracy.csv --out-dir results/baseline
+        --per-class results/baseline/seed{0,1,2}/per_class_accuracy.csv \
+        --seeds-summary results/baseline/seeds_summary.csv --seeds-per-class results/baseline/seeds_per_class.csv \
+        --curves results/baseline/seeds_curves.png
 
-Give the three lists in the same seed order. Writes into --out-dir:
+Give the three lists in the same seed order. Writes:
   seeds_summary.csv    one row per seed, then mean, std, ci95_low, ci95_high, ci95_halfwidth of
                        top1, top5, macro_f1 and ece (t distribution, n-1 degrees of freedom)
   seeds_per_class.csv  per class: mean, std, min and max accuracy across seeds
@@ -14,8 +16,6 @@ With one seed the std and interval cells are empty and the note column says why.
 """
 
 import argparse
-from pathlib import Path
-
 from cifar100 import plots, replicates
 from cifar100.cli import run_cli
 from cifar100.exceptions import DataError
@@ -28,7 +28,9 @@ def parse_args(argv=None):
     p.add_argument("--histories", nargs="+", required=True, help="history.csv of every seed, same order (required)")
     p.add_argument("--per-class", nargs="+", required=True,
                    help="per_class_accuracy.csv of every seed, same order (required)")
-    p.add_argument("--out-dir", required=True, help="where to write, e.g. results/baseline (required)")
+    p.add_argument("--seeds-summary", required=True, help="seeds_summary.csv to write (required)")
+    p.add_argument("--seeds-per-class", required=True, help="seeds_per_class.csv to write (required)")
+    p.add_argument("--curves", required=True, help="seeds_curves.png to write (required)")
     p.add_argument("--level", type=float, default=replicates.LEVEL,
                    help="confidence level of the interval (default: %(default)s; columns keep the ci95 names)")
     return p.parse_args(argv)
@@ -41,20 +43,19 @@ def main(argv=None):
                         f"{len(a.histories)} histories, {len(a.per_class)} per-class tables")
     if not 0 < a.level < 1:
         raise DataError(f"--level must be between 0 and 1, got {a.level}")
-    out = Path(a.out_dir)
     summaries = [replicates.read_summary(p) for p in a.summaries]
     recipe = replicates.check_replicates(summaries, a.summaries)
     rows = replicates.seeds_summary(summaries, a.level)
-    write_csv(out / "seeds_summary.csv", rows, replicates.SUMMARY_FIELDS)
+    write_csv(a.seeds_summary, rows, replicates.SUMMARY_FIELDS)
 
     tables = [replicates.read_per_class(p) for p in a.per_class]
-    write_csv(out / "seeds_per_class.csv", replicates.per_class_summary(tables, a.per_class))
+    write_csv(a.seeds_per_class, replicates.per_class_summary(tables, a.per_class))
 
     curves = [replicates.read_history(p) for p in a.histories]
     labels = [f"seed {s['seed']}" for s in summaries]
     fig = plots.seeds_curves(dict(zip(labels, curves)), replicates.mean_curve(curves),
                              title=f"{recipe}: test accuracy of {len(curves)} seed{'s' * (len(curves) > 1)}")
-    plots.save(fig, out / "seeds_curves.png")
+    plots.save(fig, a.curves)
 
     mean = {r["row"]: r for r in rows}
     for m in replicates.METRICS:
@@ -65,7 +66,7 @@ def main(argv=None):
         print(line)
     if len(summaries) == 1:
         print(f"{recipe}: {replicates.ONE_SEED_NOTE}")
-    print(f"wrote seeds_summary.csv, seeds_per_class.csv, seeds_curves.png to {out}")
+    print(f"wrote {a.seeds_summary}, {a.seeds_per_class}, {a.curves}")
 
 
 if __name__ == "__main__":

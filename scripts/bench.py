@@ -3,7 +3,8 @@
 
     python scripts/bench.py --device cpu                          # this repository's CPU figures
     python scripts/bench.py --device cuda --json bench.json       # on a GPU: the H100 targets
-    python scripts/bench.py --device cuda --compile --precision fp32
+    python scripts/bench.py --device cuda --compile --precision fp32 --no-reference \
+        --reference-json bench.json                               # reuse (b) from the run above
 
 Both pipelines train the same ResNet-18 (cifar100.model) with the baseline recipe's optimizer
 (config.yaml) at the same batch size, on synthetic data of CIFAR-100's real shape (uint8
@@ -11,17 +12,27 @@ Both pipelines train the same ResNet-18 (cifar100.model) with the baseline recip
 
   (a) project    the code training runs: cifar100.pipeline (whole split on the device, batched
                  crop+flip gather, fused normalisation), cifar100.engine's optimizer, autocast and
-                 evaluate; the step loop mirrors engine.train (device-side accumulation, NaN check).
-                 On CUDA: channels_last, --precision autocast, optional torch.compile.
+                 evaluate; the step is engine.train_step with engine.check_finite, as in
+                 engine.train. On CUDA: channels_last, --precision autocast, and with --compile
+                 the same call as training, torch.compile(model, dynamic=False).
   (b) reference  the notebook: a Dataset returning PIL images through RandomCrop(32, padding=4),
                  RandomHorizontalFlip, ToTensor, Normalize; DataLoader(batch, shuffle, 2 workers);
                  fp32, NCHW, default torch.optim.SGD, loss.item() every step.
 
 For each: data-pipeline images/s alone, training-step images/s (data included), evaluation
-images/s, peak memory (CUDA: torch.cuda.max_memory_allocated; CPU: the main process's peak RSS,
-VmHWM reset before each phase, DataLoader workers not included), the ratios (a)/(b), the projected
-100-epoch wall time 100 * (50000/train_ips + 10000/eval_ips) and the issue's targets. Warm-up
-steps are not timed; CUDA timings are bracketed by torch.cuda.synchronize.
+images/s, peak memory, the ratios (a)/(b), the projected 100-epoch wall time
+100 * (50000/train_ips + 10000/eval_ips) and the issue's targets.
+
+Everything is measured at steady state: the training steps and one evaluation pass are warmed up
+first, untimed (cuDNN autotuning, compilation, the allocator's first growth), then the peaks are
+reset and the timed steps and passes run. CUDA timings are bracketed by torch.cuda.synchronize.
+Memory on CUDA, per pipeline: ``allocated`` (max_memory_allocated over the timed steps: tensors
+alive at once), ``reserved`` (max_memory_reserved over warm-up and timed steps: what the caching
+allocator holds, as it never gives memory back during training) and, once per process,
+``context`` (device memory in use, from torch.cuda.mem_get_info, minus what the allocator
+reserves: the CUDA context, cuBLAS/cuDNN handles and kernels). ``process`` = reserved + context
+is what nvidia-smi shows for the process, and what the 3 GB target is checked against. On the
+CPU: the main process's peak RSS (VmHWM, reset after the warm-up), DataLoader workers not included.
 """
 
 import argparse
@@ -30,6 +41,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +52,9 @@ from torch import nn
 
 from cifar100 import config as cfg
 from cifar100 import engine
+from cifar100.cli import run_cli
+from cifar100.exceptions import UserError
+from cifar100.files import write_json
 from cifar100.model import resnet18
 from cifar100.pipeline import MEAN, PAD, SIZE, STD, DeviceSplit, num_batches, train_batches
 
@@ -80,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config holding the baseline recipe (default: config.yaml at the repository root)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own, one per core)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the shuffles (default: %(default)s)")
+    p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run (b), the notebook's pipeline (default: %(default)s)")
+    p.add_argument("--reference-json", help="with --no-reference: take (b)'s figures from this earlier --json "
+                   "of the same device, batch size and width, for the ratios (default: none)")
     p.add_argument("--json", help="also write the results as JSON to this path (default: none)")
     return p
 
@@ -103,13 +122,17 @@ def sync(device):
 
 
 class PeakMemory:
-    """Peak memory of one phase: CUDA allocator peak, or the main process's peak RSS on the CPU."""
+    """Peak memory of one phase: the CUDA allocator's peaks, or the main process's peak RSS on the CPU.
+
+    ``reset`` once warm-up is over; ``peaks`` then gives the steady state's figures.
+    """
 
     def __init__(self, device):
         self.device = device
-        self.kind = ("cuda max_memory_allocated" if device.type == "cuda" else
-                     "process peak RSS (VmHWM, reset per phase)" if self._can_reset() else
+        self.kind = ("cuda: allocated and reserved peaks, context from mem_get_info" if device.type == "cuda" else
+                     "process peak RSS (VmHWM, reset after warm-up)" if self._can_reset() else
                      "process peak RSS since start (getrusage ru_maxrss, cumulative)")
+        self.reserved_warmup = 0
 
     @staticmethod
     def _can_reset() -> bool:
@@ -119,20 +142,56 @@ class PeakMemory:
         except OSError:
             return False
 
-    def reset(self):
+    def release(self):
+        """Before a new pipeline: give the previous one's cached blocks back (CUDA)."""
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def reset(self):
+        """After warm-up. The reserved peak so far is kept: training never returns cached blocks."""
+        if self.device.type == "cuda":
+            sync(self.device)
+            self.reserved_warmup = torch.cuda.max_memory_reserved(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         elif "VmHWM" in self.kind:
             Path("/proc/self/clear_refs").write_text("5")
 
-    def peak_bytes(self) -> int:
+    def peaks(self) -> dict:
         if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device)
+            sync(self.device)
+            allocated = torch.cuda.max_memory_allocated(self.device)
+            reserved = max(self.reserved_warmup, torch.cuda.max_memory_reserved(self.device))
+            return {"peak_memory_bytes": allocated, "allocated_peak_bytes": allocated,
+                    "reserved_peak_bytes": reserved}
         if "VmHWM" in self.kind:
             line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
-            return int(line.split()[1]) * 1024
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            return {"peak_memory_bytes": int(line.split()[1]) * 1024}
+        return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+    def context_bytes(self) -> int | None:
+        """Device memory in use beyond the allocator's: the CUDA context, library handles, kernels.
+
+        mem_get_info counts every process on the device; the GPU check runs this bench alone.
+        """
+        if self.device.type != "cuda":
+            return None
+        free, total = torch.cuda.mem_get_info(self.device)
+        return total - free - torch.cuda.memory_reserved(self.device)
+
+
+def nvidia_smi_process_bytes() -> int | None:
+    """nvidia-smi's figure for this process, where it can see it (not inside every container)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        pid, _, mib = line.partition(",")
+        if pid.strip() == str(os.getpid()) and mib.strip().isdigit():
+            return int(mib) * 2**20
+    return None
 
 
 def timed(device, fn, count: int) -> float:
@@ -164,7 +223,7 @@ def project_batches(split, batch_size, seed, channels_last):
 def bench_project(args, recipe, train_np, test_np, mem):
     device, cuda = args.device, args.device.type == "cuda"
     res = {}
-    mem.reset()
+    mem.release()
     train_split = DeviceSplit(*train_np, device)
     test_split = DeviceSplit(*test_np, device)
 
@@ -174,13 +233,15 @@ def bench_project(args, recipe, train_np, test_np, mem):
     s = timed(device, lambda: next(batches), args.data_batches)
     res["data_ips"] = args.data_batches * recipe["batch_size"] / s
 
-    # The model, optimizer and step of engine.train.
+    # The model, optimizer, compile call and step of engine.train.
     model = resnet18(NUM_CLASSES, recipe["width"]).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     opt = engine.make_optimizer(model, recipe, device)
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
-    net = torch.compile(model) if args.compile else model
+    # dynamic=False as in engine.train: the default (dynamic=None) would recompile the first new
+    # batch shape as a dynamic-shape graph, a different graph from the one training runs.
+    net = torch.compile(model, dynamic=False) if args.compile else model
     amp = engine.autocast_for(device, args.precision)
     steps_per_epoch = num_batches(len(train_split), recipe["batch_size"])
     stats = engine.EpochStats(device)
@@ -191,17 +252,30 @@ def bench_project(args, recipe, train_np, test_np, mem):
         engine.train_step(net, opt, criterion, amp, x, y, i, stats)
         engine.check_finite(stats, 0, i, steps_per_epoch, cuda, "(benchmark)")
 
+    def evaluate():
+        engine.evaluate(net, test_split, amp, cuda, args.eval_batch)
+
+    # Warm-up, untimed: training steps, then one evaluation pass (evaluate() switches to eval
+    # mode: with compile, a second graph), so that the timed region is the steady state.
+    t0 = time.perf_counter()
     model.train()
     for _ in range(args.warmup):
         step()
+    evaluate()
+    model.train()
+    sync(device)
+    res["warmup_s"] = time.perf_counter() - t0
+    mem.reset()
+
     s = timed(device, step, args.steps)
     res["train_ips"] = args.steps * recipe["batch_size"] / s
-
-    # evaluate() switches to eval mode; warm it up (cuDNN autotuning, compilation) once, untimed.
-    engine.evaluate(net, test_split, amp, cuda, args.eval_batch)
-    s = timed(device, lambda: engine.evaluate(net, test_split, amp, cuda, args.eval_batch), EVAL_PASSES)
+    s = timed(device, evaluate, EVAL_PASSES)
     res["eval_ips"] = EVAL_PASSES * len(test_split) / s
-    res["peak_memory_bytes"] = mem.peak_bytes()
+    res.update(mem.peaks())
+    if cuda:  # while the model, optimizer and data are still held
+        res["context_bytes"] = mem.context_bytes()
+        res["process_peak_bytes"] = res["reserved_peak_bytes"] + res["context_bytes"]
+        res["nvidia_smi_bytes"] = nvidia_smi_process_bytes()
     del model, net, opt, train_split, test_split, batches
     return res
 
@@ -244,7 +318,7 @@ def bench_reference(args, recipe, train_np, test_np, mem):
 
     device = args.device
     res = {}
-    mem.reset()
+    mem.release()
     normalize = T.Normalize(MEAN, STD)
     train_tf = T.Compose([T.RandomCrop(SIZE, padding=PAD), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
     test_tf = T.Compose([T.ToTensor(), normalize])
@@ -285,6 +359,7 @@ def bench_reference(args, recipe, train_np, test_np, mem):
     model.train()
     for _ in range(max(args.warmup, 1)):
         step()
+    mem.reset()  # evaluation below needs less memory than training, so its one warm-up batch may count
     s = timed(device, step, args.steps)
     res["train_ips"] = args.steps * recipe["batch_size"] / s
     batches.close()
@@ -306,7 +381,7 @@ def bench_reference(args, recipe, train_np, test_np, mem):
         s = timed(device, eval_batch, len(test_loader) - 1)
         del it
     res["eval_ips"] = count / s
-    res["peak_memory_bytes"] = mem.peak_bytes()
+    res.update(mem.peaks())
     del model, opt
     return res
 
@@ -329,46 +404,72 @@ def projected_100_epochs(r: dict) -> float:
 
 
 def targets(results: dict, cuda: bool) -> dict:
+    """Each target's value, threshold and verdict; ratio targets are left out without a reference."""
     a, ratios = results["project"], results["ratios"]
     if cuda:
-        values = {"train_ratio": (ratios["train_ips"], ">="), "train_ips": (a["train_ips"], ">="),
+        values = {"train_ratio": (ratios.get("train_ips"), ">="), "train_ips": (a["train_ips"], ">="),
                   "projected_100_epochs_s": (a["projected_100_epochs_s"], "<"),
-                  "peak_memory_gb": (a["peak_memory_bytes"] / 1e9, "<")}
+                  "peak_memory_gb": (a["process_peak_bytes"] / 1e9, "<")}
         limits = GPU_TARGETS
     else:
-        values = {"data_ratio": (ratios["data_ips"], ">="), "train_ratio": (ratios["train_ips"], ">="),
-                  "eval_ratio": (ratios["eval_ips"], ">=")}
+        values = {"data_ratio": (ratios.get("data_ips"), ">="), "train_ratio": (ratios.get("train_ips"), ">="),
+                  "eval_ratio": (ratios.get("eval_ips"), ">=")}
         limits = CPU_TARGETS
     out = {}
     for key, (value, op) in values.items():
+        if value is None:
+            continue
         ok = value >= limits[key] if op == ">=" else value < limits[key]
         out[key] = {"value": value, "target": f"{op} {limits[key]:g}", "pass": bool(ok)}
     return out
 
 
+MEMORY_ROWS = [("peak memory (MB)", "peak_memory_bytes"), ("  reserved peak (MB)", "reserved_peak_bytes"),
+               ("  + context (MB)", "context_bytes"), ("  = process (MB)", "process_peak_bytes"),
+               ("  nvidia-smi (MB)", "nvidia_smi_bytes")]
+
+
 def report(results: dict) -> str:
-    a, b, ratios = results["project"], results["reference"], results["ratios"]
-    rows = [("data pipeline (img/s)", "data_ips", "{:,.0f}"), ("training step (img/s)", "train_ips", "{:,.0f}"),
-            ("evaluation (img/s)", "eval_ips", "{:,.0f}"), ("peak memory (MB)", "peak_memory_bytes", "{:,.0f}"),
-            ("projected 100 epochs (s)", "projected_100_epochs_s", "{:,.1f}")]
-    lines = [f"device: {results['device_name']} ({results['device']})",
+    a, b, ratios = results["project"], results.get("reference") or {}, results["ratios"]
+    rows = [("data pipeline (img/s)", "data_ips", "{:,.0f}", 1), ("training step (img/s)", "train_ips", "{:,.0f}", 1),
+            ("evaluation (img/s)", "eval_ips", "{:,.0f}", 1),
+            *[(label, key, "{:,.0f}", 1e6) for label, key in MEMORY_ROWS if a.get(key) is not None],
+            ("projected 100 epochs (s)", "projected_100_epochs_s", "{:,.1f}", 1)]
+    cuda = results["device"] == "cuda"
+    lines = [f"device: {results['device_name']} ({results['device']}), torch {results['torch']}",
              f"settings: batch {results['batch_size']}, width {results['width']}, n {results['n']}, "
              f"steps {results['steps']} (+{results['warmup']} warm-up), data batches {results['data_batches']}, "
-             f"eval images {results['eval_n']} (batch {results['eval_batch']} / {results['batch_size']}), precision {results['precision']}, compile {results['compile']}",
-             f"peak memory: {results['memory_kind']}; load average {results['loadavg_start']} -> {results['loadavg_end']}",
+             f"eval images {results['eval_n']} (batch {results['eval_batch']} / {results['batch_size']}), "
+             f"precision {results['precision']}, compile {results['compile']}",
+             f"memory: {results['memory_kind']}" + (" (peak memory = allocated)" if cuda else "")
+             + f"; load average {results['loadavg_start']} -> {results['loadavg_end']}",
+             f"(b) the notebook: {results['reference_source']}",
              "", f"{'':28s}{'(a) project':>16s}{'(b) notebook':>16s}{'(a)/(b)':>10s}"]
-    for label, key, fmt in rows:
-        div = 1e6 if key == "peak_memory_bytes" else 1
+    for label, key, fmt, div in rows:
         ratio = f"{ratios[key]:.2f}x" if key in ratios else ""
-        lines.append(f"{label:28s}{fmt.format(a[key] / div):>16s}{fmt.format(b[key] / div):>16s}{ratio:>10s}")
+        cells = [fmt.format(r[key] / div) if r.get(key) is not None else "-" for r in (a, b)]
+        lines.append(f"{label:28s}{cells[0]:>16s}{cells[1]:>16s}{ratio:>10s}")
     lines += ["", "projected 100-epoch wall time = 100 * (50000/train_ips + 10000/eval_ips), "
               f"(a): {a['projected_100_epochs_s']:.1f} s = {a['projected_100_epochs_s'] / 60:.1f} min",
-              f"targets ({'H100' if results['device'] == 'cuda' else 'CPU'}):"]
+              f"targets ({'H100' if cuda else 'CPU'}):"]
     for key, t in results["targets"].items():
         lines.append(f"  {key:24s} {t['value']:12,.2f}  {t['target']:>10s}  {'PASS' if t['pass'] else 'FAIL'}")
-    if results["device"] == "cuda" and (results["width"] != 64 or results["batch_size"] != 128):
+    if cuda and (results["width"] != 64 or results["batch_size"] != 128):
         lines.append("  (the H100 targets are defined for width 64 and batch 128)")
     return "\n".join(lines)
+
+
+def load_reference(path, results: dict) -> dict:
+    """(b)'s figures from an earlier run's --json, if it measured the same setting."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+        ref = earlier["reference"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--reference-json {path}: not a bench.py --json with a reference ({e})") from None
+    for key in ("device", "device_name", "batch_size", "width", "n"):
+        if earlier.get(key) != results[key]:
+            raise UserError(f"--reference-json {path}: measured {key} {earlier.get(key)!r}, this run {results[key]!r}")
+    return ref
 
 
 def main(argv=None):
@@ -377,9 +478,11 @@ def main(argv=None):
     recipe = dict(cfg.load(args.config)["recipes"]["baseline"])
     recipe["width"] = args.width
     recipe["batch_size"] = args.batch_size or recipe["batch_size"]
-    if args.eval_n <= recipe["batch_size"]:
-        raise SystemExit(f"--eval-n must exceed the batch size ({recipe['batch_size']}): "
-                         "the reference's first evaluation batch is its untimed warm-up")
+    if args.reference and args.eval_n <= recipe["batch_size"]:
+        raise UserError(f"--eval-n must exceed the batch size ({recipe['batch_size']}): "
+                        "the reference's first evaluation batch is its untimed warm-up")
+    if args.reference and args.reference_json:
+        raise UserError("--reference-json is for --no-reference runs: this run measures (b) itself")
     engine.seed_everything(args.seed, deterministic=False)
     load0 = os.getloadavg()
     train_np = synthetic(args.n, args.seed)
@@ -395,20 +498,28 @@ def main(argv=None):
                "memory_kind": mem.kind, "loadavg_start": [round(x, 2) for x in load0]}
     t0 = time.perf_counter()
     results["project"] = bench_project(args, recipe, train_np, test_np, mem)
-    results["reference"] = bench_reference(args, recipe, train_np, test_np, mem)
+    if args.reference:
+        results["reference"] = bench_reference(args, recipe, train_np, test_np, mem)
+        results["reference_source"] = "measured in this run"
+    elif args.reference_json:
+        results["reference"] = load_reference(args.reference_json, results)
+        results["reference_source"] = f"from {args.reference_json}"
+    else:
+        results["reference"] = None
+        results["reference_source"] = "not measured (--no-reference)"
     results["seconds"] = round(time.perf_counter() - t0, 1)
     results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     for r in (results["project"], results["reference"]):
-        r["projected_100_epochs_s"] = projected_100_epochs(r)
-    results["ratios"] = {k: results["project"][k] / results["reference"][k]
-                         for k in ("data_ips", "train_ips", "eval_ips")}
+        if r is not None:
+            r["projected_100_epochs_s"] = projected_100_epochs(r)
+    results["ratios"] = ({} if results["reference"] is None else
+                         {k: results["project"][k] / results["reference"][k] for k in ("data_ips", "train_ips", "eval_ips")})
     results["targets"] = targets(results, cuda)
-    print(report(results))
+    print(report(results), flush=True)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results)
     return results
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

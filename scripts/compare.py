@@ -2,7 +2,7 @@
 """Compare recipes: one row per recipe (mean and 95% interval over seeds) and one figure.
 
     python scripts/compare.py --summaries results/baseline/seeds_summary.csv results/cosine/seeds_summary.csv \
-        --out-table results/recipes_summary.csv --out-figure results/recipes_comparison.png
+        --table results/recipes_summary.csv --figure results/recipes_comparison.png
 
 Reads the seeds_summary.csv files aggregate.py writes. The figure has one panel per metric (top-1,
 top-5, macro F1, ECE): each recipe's mean with its interval as an error bar and one dot per seed.
@@ -22,8 +22,8 @@ LABELS = {"top1": "top-1 accuracy", "top5": "top-5 accuracy", "macro_f1": "macro
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--summaries", nargs="+", required=True, help="seeds_summary.csv of every recipe (required)")
-    p.add_argument("--out-table", required=True, help="CSV to write, e.g. results/recipes_summary.csv (required)")
-    p.add_argument("--out-figure", required=True,
+    p.add_argument("--table", required=True, help="CSV to write, e.g. results/recipes_summary.csv (required)")
+    p.add_argument("--figure", required=True,
                    help="figure to write, e.g. results/recipes_comparison.png (required)")
     return p.parse_args(argv)
 
@@ -32,18 +32,18 @@ def main(argv=None):
     a = parse_args(argv)
     recipes = [replicates.read_seeds_summary(p) for p in a.summaries]
     rows = replicates.recipes_table(recipes)
-    write_csv(a.out_table, rows)
+    write_csv(a.table, rows)
     names = [r["recipe"] for r in recipes]
     summary = {m: {"mean": [r["stats"]["mean"][m] for r in recipes],
                    "low": [r["stats"]["ci95_low"][m] for r in recipes],
                    "high": [r["stats"]["ci95_high"][m] for r in recipes]} for m in replicates.METRICS}
     points = {m: [r["values"][m] for r in recipes] for m in replicates.METRICS}
-    plots.save(plots.recipes_comparison(names, summary, points, LABELS), a.out_figure)
+    plots.save(plots.recipes_comparison(names, summary, points, LABELS), a.figure)
     for r in rows:
         half = r["top1_ci95_halfwidth"]
         print(f"{r['recipe']}: top-1 {r['top1_mean']:.4f}" + (f" +- {half:.4f}" if half != "" else "")
               + f" over {r['n_seeds']} seed{'s' * (r['n_seeds'] > 1)}")
-    print(f"wrote {a.out_table} and {a.out_figure}")
+    print(f"wrote {a.table} and {a.figure}")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 """Confusion analysis: fine and superclass confusion matrices, per-class accuracy, best/worst classes.
 
     python scripts/confusion.py --predictions results/baseline/seed0/predictions.npz --data-dir data \
-        --out-dir results/baseline/seed0
+        --matrix results/baseline/seed0/confusion_matrix.png --per-class results/baseline/seed0/per_class_accuracy.csv \
+        --class-extremes results/baseline/seed0/class_extremes.png --superclass results/baseline/seed0/superclass_confusion.png \
+        --summary results/baseline/seed0/confusion_summary.json
 
-Writes into --out-dir:
+Writes the five files it is given:
   confusion_matrix.png      row-normalised confusion, classes grouped by superclass, no cell values
   per_class_accuracy.csv    class_index,class_name,superclass,accuracy,support (superclass empty
                             when the dataset has none; accuracy nan for a class absent from the test set)
@@ -16,11 +18,9 @@ Writes into --out-dir:
 """
 
 import argparse
-from pathlib import Path
-
 import numpy as np
 
-from cifar100 import data, metrics, plots
+from cifar100 import config, data, metrics, plots
 from cifar100.cli import positive_int, run_cli
 from cifar100.files import write_csv, write_json
 
@@ -30,8 +30,13 @@ PER_CLASS_FIELDS = ["class_index", "class_name", "superclass", "accuracy", "supp
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--predictions", required=True, help="predictions.npz written by evaluate.py (required)")
-    p.add_argument("--data-dir", default="data", help="folder holding cifar-100-python/ (default: %(default)s)")
-    p.add_argument("--out-dir", required=True, help="folder for the five outputs (required)")
+    p.add_argument("--data-dir", default=config.default("data_dir"),
+                   help="folder holding cifar-100-python/ (default: %(default)s)")
+    p.add_argument("--matrix", required=True, help="confusion matrix figure to write (required)")
+    p.add_argument("--per-class", required=True, help="per-class accuracy CSV to write (required)")
+    p.add_argument("--class-extremes", required=True, help="most/least accurate classes figure (required)")
+    p.add_argument("--superclass", required=True, help="superclass confusion figure to write (required)")
+    p.add_argument("--summary", required=True, help="confusion summary JSON to write (required)")
     p.add_argument("--extremes", type=positive_int, default=10,
                    help="classes in each bar chart of class_extremes.png (default: %(default)s)")
     p.add_argument("--max-tick-labels", type=positive_int, default=50,
@@ -41,7 +46,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     a = parse_args(argv)
-    out = Path(a.out_dir)
     test, fine_names, coarse_names, fine_to_coarse = data.load_test(a.data_dir)
     logits, labels = metrics.load_predictions(a.predictions, test.labels, len(fine_names))
     num_classes = len(fine_names)
@@ -53,7 +57,7 @@ def main(argv=None):
     def superclass(i):
         return coarse_names[fine_to_coarse[i]] if fine_to_coarse is not None else ""
 
-    write_csv(out / "per_class_accuracy.csv", [
+    write_csv(a.per_class, [
         {"class_index": i, "class_name": fine_names[i], "superclass": superclass(i),
          "accuracy": float(accuracy[i]), "support": int(support[i])} for i in range(num_classes)
     ], PER_CLASS_FIELDS)
@@ -61,13 +65,13 @@ def main(argv=None):
     order = metrics.superclass_order(fine_to_coarse, num_classes)
     plots.save(plots.confusion_heatmap(metrics.normalize_rows(cm), fine_names, order=order,
                                        groups=fine_to_coarse, max_labels=a.max_tick_labels),
-               out / "confusion_matrix.png")
-    plots.save(plots.class_extremes(accuracy, fine_names, best, worst), out / "class_extremes.png")
+               a.matrix)
+    plots.save(plots.class_extremes(accuracy, fine_names, best, worst), a.class_extremes)
     coarse_cm = None
     if fine_to_coarse is not None:
         coarse_cm = metrics.coarse_confusion(cm, fine_to_coarse, len(coarse_names))
     plots.save(plots.superclass_heatmap(None if coarse_cm is None else metrics.normalize_rows(coarse_cm),
-                                        coarse_names), out / "superclass_confusion.png")
+                                        coarse_names), a.superclass)
 
     semantic = metrics.semantic_share(labels, preds, fine_to_coarse)
     present = ~np.isnan(accuracy)  # classes with test images
@@ -87,9 +91,9 @@ def main(argv=None):
         "semantic_share": semantic,
         "semantic_share_note": "share of errors whose predicted class is in the true class's superclass",
     }
-    write_json(out / "confusion_summary.json", metrics.json_safe(summary))
+    write_json(a.summary, metrics.json_safe(summary))
     shown = "n/a" if np.isnan(semantic) else f"{semantic:.3f}"
-    print(f"{out}: top-1 {summary['top1']:.4f}, {summary['n_errors']} errors, semantic share {shown}")
+    print(f"{a.summary}: top-1 {summary['top1']:.4f}, {summary['n_errors']} errors, semantic share {shown}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 """Training curves from history.csv: loss, accuracy and learning rate per epoch.
 
     python scripts/curves.py --history results/baseline/seed0/history.csv \
-        --out results/baseline/seed0/training_curves.png
+        --figure results/baseline/seed0/training_curves.png
 
 history.csv has one row per epoch (epoch,lr,train_loss,train_acc,test_loss,test_acc,val_loss,
 val_acc,seconds,images_per_s); val_* are empty unless a validation split was held out, and are
@@ -56,16 +56,16 @@ def read_history(path) -> dict[str, np.ndarray]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--history", required=True, help="history.csv written by train.py (required)")
-    p.add_argument("--out", required=True, help="figure to write, e.g. training_curves.png (required)")
+    p.add_argument("--figure", required=True, help="figure to write, e.g. training_curves.png (required)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     a = parse_args(argv)
     history = read_history(a.history)
-    plots.save(plots.training_curves(history), a.out)
+    plots.save(plots.training_curves(history), a.figure)
     epochs = len(history["epoch"])
-    print(f"{a.out}: {epochs} epochs, final test accuracy {history['test_acc'][-1]:.4f}")
+    print(f"{a.figure}: {epochs} epochs, final test accuracy {history['test_acc'][-1]:.4f}")
 
 
 if __name__ == "__main__":

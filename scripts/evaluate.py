@@ -1,19 +1,18 @@
 #!/usr/bin/env python
 """Evaluate the selected model on the test set once: predictions.npz and metrics.json.
 
-    python scripts/evaluate.py --checkpoint results/baseline/seed0/model.pt --data-dir data
+    python scripts/evaluate.py --checkpoint results/baseline/seed0/model.pt --data-dir data \
+        --predictions results/baseline/seed0/predictions.npz --metrics results/baseline/seed0/metrics.json
 
 predictions.npz holds ``logits`` (float32 [N, C]) and ``labels`` (int64 [N]); row i is test image i.
 Every later analysis works from it and the dataset alone, on the CPU.
 """
 
 import argparse
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from cifar100 import checkpoint, data, engine
+from cifar100 import checkpoint, config, data, engine
 from cifar100.cli import run_cli
 from cifar100.files import write_json, write_npz
 from cifar100.pipeline import DeviceSplit
@@ -22,8 +21,10 @@ from cifar100.pipeline import DeviceSplit
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="model.pt written by train.py (required)")
-    p.add_argument("--data-dir", default="data", help="folder holding cifar-100-python/ (default: %(default)s)")
-    p.add_argument("--out-dir", help="where to write (default: the checkpoint's folder)")
+    p.add_argument("--data-dir", default=config.default("data_dir"),
+                   help="folder holding cifar-100-python/ (default: %(default)s)")
+    p.add_argument("--predictions", required=True, help="predictions.npz to write (required)")
+    p.add_argument("--metrics", required=True, help="metrics.json to write (required)")
     p.add_argument("--batch-size", type=int, help="evaluation batch (default: 1000 on CUDA, 256 on the CPU)")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="fp32",
                    help="CUDA autocast for evaluation (default: %(default)s, exact logits)")
@@ -40,7 +41,6 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 def main(argv=None):
     a = parse_args(argv)
-    out_dir = Path(a.out_dir or Path(a.checkpoint).parent)
     test, fine_names, _, _ = data.load_test(a.data_dir)
     device = engine.pick_device(a.device)
     model, ckpt = checkpoint.load_model(a.checkpoint, device=device, class_names=fine_names)
@@ -57,8 +57,8 @@ def main(argv=None):
                            "optimistic, the test set was used for model selection")
         if ckpt["selection"] == "best_test" else "",
     }
-    write_npz(out_dir / "predictions.npz", logits=logits, labels=labels)
-    write_json(out_dir / "metrics.json", metrics)
+    write_npz(a.predictions, logits=logits, labels=labels)
+    write_json(a.metrics, metrics)
     print(f"{ckpt['recipe_name']} seed {ckpt['seed']}: top-1 {metrics['top1']:.4f} top-5 {metrics['top5']:.4f} "
           f"loss {loss:.4f} on {len(labels)} test images")
 

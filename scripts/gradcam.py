@@ -2,45 +2,50 @@
 """Grad-CAM of the most confident correct and incorrect test predictions, with a sanity check.
 
     python scripts/gradcam.py --checkpoint results/baseline/seed0/model.pt \
-        --predictions results/baseline/seed0/predictions.npz --data-dir data --n 8 --layer layer4
+        --predictions results/baseline/seed0/predictions.npz --data-dir data --n 8 --layer layer4 \
+        --correct results/baseline/seed0/gradcam_correct.png --incorrect results/baseline/seed0/gradcam_incorrect.png \
+        --summary results/baseline/seed0/gradcam_summary.json --maps results/baseline/seed0/gradcam_maps.npz
 
-Explains each image's predicted class (the class the model chose, right or wrong). Writes into
---out-dir (default: the checkpoint's folder):
-  gradcam_correct.png     the --n most confident correct predictions, image beside overlay
-  gradcam_incorrect.png   the --n most confident incorrect predictions
-  gradcam_maps.npz        maps (float32 [M, 32, 32] in [0, 1]), indices, classes, ... (--save-maps)
-  gradcam_summary.json    layer, sizes and the randomisation check: the mean Spearman correlation
+Explains each image's predicted class (the class the model chose, right or wrong). Writes:
+  --correct               the --n most confident correct predictions, image beside overlay
+  --incorrect             the --n most confident incorrect predictions
+  --maps                  maps (float32 [M, 32, 32] in [0, 1]), indices, classes, ... (optional)
+  --summary               layer, sizes and the randomisation check: the mean Spearman correlation
                           between these maps and those of a copy with --randomise re-initialised
                           (Adebayo et al. 2018); near 1 would mean the maps ignore the learned weights
 """
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from cifar100 import cam, checkpoint, data, engine, metrics, plots
+from cifar100 import cam, checkpoint, config, data, engine, metrics, plots
 from cifar100.cli import run_cli
 from cifar100.exceptions import DataError
 from cifar100.files import write_json, write_npz
 from cifar100.pipeline import DeviceSplit
+
+LAYERS = config.schema()["properties"]["analysis"]["properties"]["gradcam_layer"]["enum"]
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="model.pt written by train.py (required)")
     p.add_argument("--predictions", required=True, help="predictions.npz written by evaluate.py (required)")
-    p.add_argument("--data-dir", default="data", help="folder holding cifar-100-python/ (default: %(default)s)")
-    p.add_argument("--n", type=int, default=8, help="images per figure, correct and incorrect (default: %(default)s)")
-    p.add_argument("--layer", default="layer4", help="target layer, a module name of the model (default: %(default)s)")
-    p.add_argument("--randomise", default="layer4",
+    p.add_argument("--data-dir", default=config.default("data_dir"),
+                   help="folder holding cifar-100-python/ (default: %(default)s)")
+    p.add_argument("--n", type=int, default=config.default("analysis", "gradcam_images"), help="images per figure, correct and incorrect (default: %(default)s)")
+    p.add_argument("--layer", choices=LAYERS, default=config.default("analysis", "gradcam_layer"),
+                   help="target layer (default: %(default)s)")
+    p.add_argument("--randomise", choices=LAYERS, default=config.default("analysis", "gradcam_layer"),
                    help="layer re-initialised for the sanity check (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the re-initialisation (default: %(default)s)")
-    p.add_argument("--save-maps", action=argparse.BooleanOptionalAction, default=True,
-                   help="also write gradcam_maps.npz (default: %(default)s)")
-    p.add_argument("--out-dir", help="where to write (default: the checkpoint's folder)")
+    p.add_argument("--correct", required=True, help="figure of correct predictions to write (required)")
+    p.add_argument("--incorrect", required=True, help="figure of incorrect predictions to write (required)")
+    p.add_argument("--summary", required=True, help="gradcam_summary.json to write (required)")
+    p.add_argument("--maps", help="also write the maps to this .npz (default: not written)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=128, help="images per forward/backward (default: %(default)s)")
     p.add_argument("--alpha", type=float, default=0.5,
@@ -76,7 +81,6 @@ def main(argv=None):
     if a.n < 0 or a.batch_size < 1:
         raise DataError(f"--n must be >= 0 and --batch-size >= 1 (got {a.n}, {a.batch_size})")
     t0 = time.perf_counter()
-    out_dir = Path(a.out_dir or Path(a.checkpoint).parent)
     test, names, _, _ = data.load_test(a.data_dir)
     device = engine.pick_device(a.device)
     model, ckpt = checkpoint.load_model(a.checkpoint, device=device, class_names=names)
@@ -102,10 +106,10 @@ def main(argv=None):
         k = chosen[kind]
         fig = figure(kind, k, test.images, maps_np[start:start + len(k)], test.labels, pred, conf, names,
                      a.n, a.layer, a.alpha, len(test.labels))
-        plots.save(fig, out_dir / f"gradcam_{kind}.png")
+        plots.save(fig, getattr(a, kind))
         start += len(k)
-    if a.save_maps:
-        write_npz(out_dir / "gradcam_maps.npz", maps=maps_np, indices=idx, classes=pred[idx].astype(np.int64),
+    if a.maps:
+        write_npz(a.maps, maps=maps_np, indices=idx, classes=pred[idx].astype(np.int64),
                   labels=test.labels[idx].astype(np.int64), correct=correct[idx],
                   confidence=conf[idx].astype(np.float32),
                   maps_randomised=check["maps"].cpu().numpy().astype(np.float32))
@@ -119,11 +123,11 @@ def main(argv=None):
         "rank_correlation_note": ("Spearman correlation between each map and the map of a copy of the model "
                                   f"with {a.randomise} re-initialised, averaged over images with non-constant "
                                   "maps; maps that depend on the learned weights give values well below 1"),
-        "prediction_agreement": agree, "indices": idx.tolist(), "maps_saved": a.save_maps,
+        "prediction_agreement": agree, "indices": idx.tolist(), "maps_saved": bool(a.maps),
         "checkpoint": str(a.checkpoint), "predictions": str(a.predictions), "device": str(device),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    write_json(out_dir / "gradcam_summary.json", summary)
+    write_json(a.summary, summary)
     if agree is not None and agree < 1:
         print(f"warning: the checkpoint predicts another class than {a.predictions} for "
               f"{round((1 - agree) * len(idx))} of {len(idx)} images (bf16 evaluation, or another model?)")

@@ -3,9 +3,11 @@
 
     python scripts/report.py --predictions results/baseline/seed0/predictions.npz \
         --metrics results/baseline/seed0/metrics.json --data-dir data --ece-bins 15 \
-        --out-dir results/baseline/seed0
+        --report-csv results/baseline/seed0/classification_report.csv --report-json results/baseline/seed0/classification_report.json \
+        --report-txt results/baseline/seed0/classification_report.txt --reliability results/baseline/seed0/reliability_diagram.png \
+        --summary results/baseline/seed0/summary.json
 
-Writes into --out-dir:
+Writes the five files it is given:
   classification_report.csv   class_index,class_name,precision,recall,f1,support per class, then
                               rows "macro avg" and "weighted avg" (class_index empty)
   classification_report.json  the same numbers: {"classes": [...], "accuracy", "macro avg", "weighted avg"}
@@ -17,9 +19,7 @@ Writes into --out-dir:
 """
 
 import argparse
-from pathlib import Path
-
-from cifar100 import data, metrics, plots
+from cifar100 import config, data, metrics, plots
 from cifar100.cli import positive_int, run_cli
 from cifar100.exceptions import DataError
 from cifar100.files import read_json, write_csv, write_json, write_text
@@ -31,16 +31,20 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--predictions", required=True, help="predictions.npz written by evaluate.py (required)")
     p.add_argument("--metrics", required=True, help="metrics.json written by evaluate.py (required)")
-    p.add_argument("--data-dir", default="data", help="folder holding cifar-100-python/ (default: %(default)s)")
-    p.add_argument("--ece-bins", type=positive_int, default=metrics.ECE_BINS,
+    p.add_argument("--data-dir", default=config.default("data_dir"),
+                   help="folder holding cifar-100-python/ (default: %(default)s)")
+    p.add_argument("--ece-bins", type=positive_int, default=config.default("analysis", "ece_bins"),
                    help="equal-width confidence bins for ECE and the diagram (default: %(default)s)")
-    p.add_argument("--out-dir", required=True, help="folder for the five outputs (required)")
+    p.add_argument("--report-csv", required=True, help="classification report CSV to write (required)")
+    p.add_argument("--report-json", required=True, help="classification report JSON to write (required)")
+    p.add_argument("--report-txt", required=True, help="classification report text to write (required)")
+    p.add_argument("--reliability", required=True, help="reliability diagram to write (required)")
+    p.add_argument("--summary", required=True, help="run summary JSON to write (required)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     a = parse_args(argv)
-    out = Path(a.out_dir)
     run_metrics = read_json(a.metrics)
     if not isinstance(run_metrics, dict):
         raise DataError(f"{a.metrics}: expected a JSON object, found {type(run_metrics).__name__}")
@@ -52,11 +56,11 @@ def main(argv=None):
 
     report = metrics.classification_report(labels, preds, fine_names)
     averages = [{"class_index": "", "class_name": name, **report[name]} for name in ("macro avg", "weighted avg")]
-    write_csv(out / "classification_report.csv", report["classes"] + averages, REPORT_FIELDS)
-    write_json(out / "classification_report.json", {k: v for k, v in report.items() if k != "text"})
+    write_csv(a.report_csv, report["classes"] + averages, REPORT_FIELDS)
+    write_json(a.report_json, {k: v for k, v in report.items() if k != "text"})
 
     calib = metrics.calibration(confidence, correct, a.ece_bins)
-    plots.save(plots.reliability_diagram(calib), out / "reliability_diagram.png")
+    plots.save(plots.reliability_diagram(calib), a.reliability)
 
     # metrics.json comes first so its keys (recipe, seed, selection, ...) survive; what is
     # computed here from the same predictions is added, and top1/top5 filled only if missing.
@@ -74,13 +78,13 @@ def main(argv=None):
         "superclass_top1": metrics.superclass_accuracy(labels, preds, fine_to_coarse),
         "semantic_share": metrics.semantic_share(labels, preds, fine_to_coarse),
     })
-    write_json(out / "summary.json", metrics.json_safe(summary))
+    write_json(a.summary, metrics.json_safe(summary))
 
     text = (report["text"].rstrip("\n") + "\n\n"
             f"top-1 accuracy {summary['top1']:.4f}\ntop-5 accuracy {summary['top5']:.4f}\n"
             f"expected calibration error {calib['ece']:.4f} ({a.ece_bins} equal-width bins)\n")
-    write_text(out / "classification_report.txt", text)
-    print(f"{out}: macro F1 {macro['f1']:.4f}, ECE {calib['ece']:.4f}")
+    write_text(a.report_txt, text)
+    print(f"{a.summary}: macro F1 {macro['f1']:.4f}, ECE {calib['ece']:.4f}")
 
 
 if __name__ == "__main__":

@@ -26,18 +26,23 @@ sys.path.insert(0, str(SCRIPTS))
 from cifar100 import data, metrics, plots  # noqa: E402
 from cifar100.cli import run_cli  # noqa: E402
 from cifar100.files import write_csv, write_json, write_npz  # noqa: E402
-from conftest import load_script  # noqa: E402
+from helpers import load_script  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 NAMES = ["samples", "curves", "confusion", "errors", "report"]
-OUTPUTS = {  # what each script must write (the Snakefile's declared outputs)
-    "confusion": ["confusion_matrix.png", "per_class_accuracy.csv", "class_extremes.png",
-                  "superclass_confusion.png", "confusion_summary.json"],
-    "errors": ["errors_gallery.png", "confusion_pairs.csv", "confidence_histogram.png", "errors_summary.json"],
-    "report": ["classification_report.csv", "classification_report.json", "classification_report.txt",
-               "reliability_diagram.png", "summary.json"],
+# Each script writes exactly the paths it is given (the rule is the contract). These names differ on
+# purpose from the workflow's, so a script that invented its own file names would fail here.
+OUTPUTS = {
+    "samples": {"--figure": "grid.png"},
+    "curves": {"--figure": "curves.png"},
+    "confusion": {"--matrix": "cm.png", "--per-class": "per_class.csv", "--class-extremes": "extremes.png",
+                  "--superclass": "coarse.png", "--summary": "confusion.json"},
+    "errors": {"--gallery": "gallery.png", "--pairs": "pairs.csv", "--histogram": "hist.png",
+               "--summary": "errors.json"},
+    "report": {"--report-csv": "report.csv", "--report-json": "report.json", "--report-txt": "report.txt",
+               "--reliability": "reliability.png", "--summary": "summary.json"},
 }
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc",
                   "seconds", "images_per_s"]
@@ -94,13 +99,19 @@ def argv(name, r, out=None):
     """The command line the Snakefile gives ``name``, pointed at the run ``r``."""
     out = Path(out or r["run"])
     common = ["--predictions", r["predictions"], "--data-dir", r["data"]]
-    return [str(x) for x in {
-        "samples": [*common, "--n", 8, "--out", out / "samples.png"],
-        "curves": ["--history", r["run"] / "history.csv", "--out", out / "training_curves.png"],
-        "confusion": [*common, "--out-dir", out],
-        "errors": [*common, "--gallery-size", 6, "--top-pairs", 5, "--out-dir", out],
-        "report": [*common, "--metrics", r["run"] / "metrics.json", "--ece-bins", 15, "--out-dir", out],
-    }[name]]
+    inputs = {
+        "samples": [*common, "--n", 8],
+        "curves": ["--history", r["run"] / "history.csv"],
+        "confusion": common,
+        "errors": [*common, "--gallery-size", 6, "--top-pairs", 5],
+        "report": [*common, "--metrics", r["run"] / "metrics.json", "--ece-bins", 15],
+    }[name]
+    outputs = [x for flag, file in OUTPUTS[name].items() for x in (flag, out / file)]
+    return [str(x) for x in [*inputs, *outputs]]
+
+
+def written(name):
+    return list(OUTPUTS[name].values())
 
 
 def read_csv(path):
@@ -152,14 +163,15 @@ def outputs(scripts, tiny_run, tmp_path_factory):
 
 
 def test_every_declared_output_is_written(outputs):
-    for name in ["samples.png", "training_curves.png", *sum(OUTPUTS.values(), [])]:
-        path = outputs / name
-        assert path.is_file() and path.stat().st_size > 0, name
-    assert not list(outputs.glob(".*tmp*")), "temp files left behind"
+    expected = {file for name in NAMES for file in written(name)}
+    for file in expected:
+        path = outputs / file
+        assert path.is_file() and path.stat().st_size > 0, file
+    assert {p.name for p in outputs.iterdir()} == expected, "a script wrote a file it was not given"
 
 
 def test_per_class_accuracy_csv(outputs, tiny_run):
-    header, rows = read_csv(outputs / "per_class_accuracy.csv")
+    header, rows = read_csv(outputs / "per_class.csv")
     assert header == ["class_index", "class_name", "superclass", "accuracy", "support"]
     labels, preds = tiny_run["labels"], tiny_run["logits"].argmax(1)
     recall = skm.recall_score(labels, preds, labels=np.arange(10), average=None, zero_division=0)
@@ -170,7 +182,7 @@ def test_per_class_accuracy_csv(outputs, tiny_run):
 
 
 def test_confusion_summary(outputs, tiny_run):
-    s = json.loads((outputs / "confusion_summary.json").read_text())
+    s = json.loads((outputs / "confusion.json").read_text())
     labels, logits = tiny_run["labels"], tiny_run["logits"]
     preds = logits.argmax(1)
     f2c = np.arange(10) % 5
@@ -182,7 +194,7 @@ def test_confusion_summary(outputs, tiny_run):
 
 
 def test_confusion_pairs_csv(outputs, tiny_run):
-    header, rows = read_csv(outputs / "confusion_pairs.csv")
+    header, rows = read_csv(outputs / "pairs.csv")
     assert header == ["true_index", "true_name", "pred_index", "pred_name", "count"]
     labels, preds = tiny_run["labels"], tiny_run["logits"].argmax(1)
     cm = skm.confusion_matrix(labels, preds, labels=np.arange(10))
@@ -197,7 +209,7 @@ def test_confusion_pairs_csv(outputs, tiny_run):
 
 
 def test_errors_summary(outputs, tiny_run):
-    s = json.loads((outputs / "errors_summary.json").read_text())
+    s = json.loads((outputs / "errors.json").read_text())
     p = metrics.softmax(tiny_run["logits"])
     conf, correct = p.max(1), p.argmax(1) == tiny_run["labels"]
     assert s["mean_confidence_correct"] == pytest.approx(conf[correct].mean(), rel=1e-5)
@@ -214,24 +226,24 @@ def test_report_outputs_and_summary(outputs, tiny_run):
     assert s["weighted_f1"] == pytest.approx(skm.f1_score(labels, preds, average="weighted", zero_division=0))
     assert s["macro_recall"] == pytest.approx(skm.recall_score(labels, preds, average="macro", zero_division=0))
     assert s["ece_bins"] == 15 and 0 <= s["ece"] <= 1
-    header, rows = read_csv(outputs / "classification_report.csv")
+    header, rows = read_csv(outputs / "report.csv")
     assert header == ["class_index", "class_name", "precision", "recall", "f1", "support"]
     assert len(rows) == 12 and [r["class_name"] for r in rows[-2:]] == ["macro avg", "weighted avg"]
-    j = json.loads((outputs / "classification_report.json").read_text())
+    j = json.loads((outputs / "report.json").read_text())
     assert len(j["classes"]) == 10 and j["macro avg"]["f1"] == pytest.approx(s["macro_f1"])
-    text = (outputs / "classification_report.txt").read_text()
+    text = (outputs / "report.txt").read_text()
     assert "macro avg" in text and "expected calibration error" in text
 
 
 def test_dataset_without_superclasses_still_writes_everything(scripts, flat_run, tmp_path):
     for name in ("confusion", "errors", "report"):
         scripts[name].main(argv(name, flat_run, tmp_path))
-        for out in OUTPUTS[name]:
+        for out in written(name):
             assert (tmp_path / out).is_file(), out
-    s = json.loads((tmp_path / "confusion_summary.json").read_text())
+    s = json.loads((tmp_path / "confusion.json").read_text())
     assert s["semantic_share"] is None and s["num_superclasses"] is None
     assert json.loads((tmp_path / "summary.json").read_text())["semantic_share"] is None
-    _, rows = read_csv(tmp_path / "per_class_accuracy.csv")
+    _, rows = read_csv(tmp_path / "per_class.csv")
     assert all(r["superclass"] == "" for r in rows)
 
 
@@ -240,7 +252,7 @@ def test_samples_n_larger_than_the_test_set(scripts, tmp_path, capsys):
     args = argv("samples", r, tmp_path)
     args[args.index("--n") + 1] = "1000"
     scripts["samples"].main(args)
-    assert (tmp_path / "samples.png").is_file() and ": 12 test images" in capsys.readouterr().out
+    assert (tmp_path / "grid.png").is_file() and ": 12 test images" in capsys.readouterr().out
 
 
 # --- bad input: one line, exit 2 -------------------------------------------------------------
@@ -266,7 +278,7 @@ def test_bad_predictions_give_one_line(scripts, tiny_run, tmp_path, monkeypatch,
 
 def test_bad_history_gives_one_line(scripts, tmp_path, monkeypatch, capsys):
     (tmp_path / "history.csv").write_text("epoch,lr,train_loss\n1,0.1,2.0\n")
-    code, err = run_cli_inprocess(scripts["curves"], ["--history", str(tmp_path / "history.csv"), "--out",
+    code, err = run_cli_inprocess(scripts["curves"], ["--history", str(tmp_path / "history.csv"), "--figure",
                                                       str(tmp_path / "c.png")], monkeypatch, capsys, "curves.py")
     assert code == 2 and err.count("\n") == 1 and "missing column 'train_acc'" in err
 
@@ -276,7 +288,7 @@ def test_standalone_run_and_error(tiny_run, tmp_path):
     cmd = [sys.executable, str(SCRIPTS / "confusion.py"), *argv("confusion", tiny_run, tmp_path)]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert all((tmp_path / out).is_file() for out in OUTPUTS["confusion"])
+    assert all((tmp_path / out).is_file() for out in written("confusion"))
     cmd[cmd.index("--predictions") + 1] = str(tmp_path / "missing.npz")
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert p.returncode == 2

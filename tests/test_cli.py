@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from conftest import SCRIPTS, load_script
+from helpers import SCRIPTS, load_script
 
 NAMES = sorted(p.stem for p in SCRIPTS.glob("*.py"))
 

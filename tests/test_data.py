@@ -8,7 +8,7 @@ import pytest
 
 from cifar100 import data
 from cifar100.exceptions import DataError
-from conftest import Evil, run_script
+from helpers import Evil, run_script
 
 
 def test_synthetic_roundtrip_shapes_and_names(tmp_path):
@@ -137,5 +137,120 @@ def test_download_uses_an_existing_folder_as_is(tmp_path, tiny_data):
     d, root = _copy(tmp_path, tiny_data)
     before = {f: (root / f).read_bytes() for f in ("train", "test", "meta")}
     p = run_script("download.py", "--data-dir", d, "--dataset", "cifar100")
-    assert "using existing" in p.stdout
+    assert "using " in p.stdout and "wrote" not in p.stdout
     assert before == {f: (root / f).read_bytes() for f in ("train", "test", "meta")}
+
+
+# --- a dataset is never deleted, overwritten or mixed up (download.py, put_in_place) -----------
+
+SMALL = '{"train_size": 40, "test_size": 20, "num_classes": 4, "num_coarse": 2}'
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("missing", ["train", "test", "meta"])
+def test_partial_prestaged_folder_is_one_line_naming_the_file_and_nothing_is_touched(tmp_path, tiny_data, missing):
+    d, root = _copy(tmp_path, tiny_data)
+    (root / missing).unlink()
+    before = _snapshot(d)
+    p = run_script("download.py", "--data-dir", d, "--dataset", "cifar100", check=False)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert f"{root / missing}: missing from the dataset folder" in p.stderr
+    assert _snapshot(d) == before  # nothing deleted, nothing downloaded
+
+
+def test_synthetic_set_lives_in_its_own_folder_and_is_never_overwritten(tmp_path):
+    d = tmp_path / "data"
+    first = run_script("download.py", "--data-dir", d, "--dataset", "synthetic", "--synthetic", SMALL)
+    assert "wrote synthetic dataset" in first.stdout
+    assert not (d / "cifar-100-python").exists(), "synthetic data went where real CIFAR-100 lives"
+    (folder,) = d.glob("synthetic-*")
+    before = _snapshot(folder)
+    again = run_script("download.py", "--data-dir", d, "--dataset", "synthetic", "--synthetic", SMALL)
+    assert "wrote" not in again.stdout and _snapshot(folder) == before
+    # other settings: another folder; the first is left alone
+    run_script("download.py", "--data-dir", d, "--dataset", "synthetic", "--synthetic",
+               SMALL.replace('"num_classes": 4', '"num_classes": 6'))
+    assert len(list(d.glob("synthetic-*"))) == 2 and _snapshot(folder) == before
+    assert not list(d.glob(".incoming-*"))
+
+
+def test_two_writers_racing_for_one_data_dir_both_succeed_with_one_complete_copy(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import SCRIPTS
+
+    d = tmp_path / "shared"
+    settings = '{"train_size": 3000, "test_size": 500}'
+    cmd = [sys.executable, str(SCRIPTS / "download.py"), "--data-dir", str(d), "--dataset", "synthetic",
+           "--synthetic", settings]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    (folder,) = d.glob("synthetic-*")
+    assert len(data.load(folder).train) == 3000
+    assert not list(d.glob(".incoming-*")), "a writer left its temporary folder behind"
+
+
+def test_a_writer_that_loses_the_race_keeps_the_winners_copy(tmp_path, tiny_data):
+    d = tmp_path / "d"
+    messages = []
+
+    def write(tmp):  # while this copy is written, another writer finishes first
+        data.write_synthetic(tmp, train_size=30, test_size=10, num_classes=3, num_coarse=1)
+        data.write_synthetic(d, train_size=40, test_size=20, num_classes=4, num_coarse=2)
+
+    data.put_in_place(d, write, log=messages.append)
+    assert len(data.load(d).train) == 40  # the winner's set, untouched
+    assert "appeared while this copy was being written" in messages[0]
+    assert [p.name for p in d.iterdir()] == ["cifar-100-python"]
+
+
+def test_a_tiny_pickle_cannot_make_the_loader_allocate_gigabytes(tmp_path, tiny_data):
+    d, root = _copy(tmp_path, tiny_data)
+
+    class Huge:  # unpickles to numpy's _reconstruct(ndarray, (10**10,), float64): 80 GB if allowed
+        def __reduce__(self):
+            return (np.core.multiarray._reconstruct, (np.ndarray, (10**10,), np.dtype("float64")))
+
+    (root / "train").write_bytes(pickle.dumps({"data": Huge()}, protocol=2))
+    assert (root / "train").stat().st_size < 300
+    with pytest.raises(DataError, match=r"unsafe pickle \(an array of 80000000000 bytes"):
+        data.load(d)
+
+
+@pytest.mark.parametrize("names, why", [
+    ([b"caf\xe9"] + [f"c{i}".encode() for i in range(1, 10)], "is not UTF-8 text"),
+    (["apple", "apple"] + [f"c{i}" for i in range(2, 10)], "lists 'apple' twice"),
+    (["", *[f"c{i}" for i in range(1, 10)]], "empty or unprintable name"),
+])
+def test_bad_class_names_are_one_line(tmp_path, tiny_data, names, why):
+    d, root = _copy(tmp_path, tiny_data)
+    meta = data.safe_load(root / "meta")
+    meta["fine_label_names"] = names
+    (root / "meta").write_bytes(pickle.dumps(meta, protocol=3))
+    p = run_script("download.py", "--data-dir", d, "--dataset", "cifar100", check=False)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and why in p.stderr, p.stderr
+
+
+def test_content_version_names_the_data_and_changes_with_it(tmp_path, tiny_data):
+    d, root = _copy(tmp_path, tiny_data)
+    cache = tmp_path / "md5.json"
+    assert data.content_version(tmp_path / "nothing", cache) is None
+    v1 = data.content_version(d, cache)
+    assert v1.startswith("md5-") and data.content_version(d, cache) == v1 and cache.is_file()
+    test = data.load(d).test
+    data.write_split(root / "test", test.images[::-1], test.labels[::-1], test.coarse[::-1])
+    assert data.content_version(d, cache) not in (None, v1)
+
+
+def test_download_without_network_is_one_line_and_leaves_nothing(tmp_path):
+    d = tmp_path / "data"
+    p = run_script("download.py", "--data-dir", d, "--dataset", "cifar100", check=False,
+                   env={"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"})
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "cannot download CIFAR-100" in p.stderr and "put cifar-100-python/" in p.stderr
+    assert list(d.iterdir()) == []  # no half dataset, no temporary folder

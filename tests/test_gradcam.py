@@ -18,7 +18,7 @@ from cifar100 import cam, checkpoint, data, plots  # noqa: E402
 from cifar100.cli import run_cli  # noqa: E402
 from cifar100.exceptions import UserError  # noqa: E402
 from cifar100.model import resnet18  # noqa: E402
-from conftest import load_script  # noqa: E402
+from helpers import load_script  # noqa: E402
 
 
 

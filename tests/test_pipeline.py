@@ -17,7 +17,7 @@ from torchvision.transforms import functional as TF
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from cifar100.pipeline import (MEAN, PAD, SIZE, STD, DeviceSplit, crop_flip, epoch_generator,  # noqa: E402
+from cifar100.pipeline import (MEAN, PAD, SIZE, STD, DeviceSplit, crop_flip, device_plan,  # noqa: E402
                                epoch_plan, eval_batches, num_batches, train_batches)
 
 CHI2_8DOF_P001 = 26.12  # chi-square critical value, 8 degrees of freedom, p = 0.001
@@ -77,7 +77,7 @@ def test_offsets_and_flips_have_the_notebooks_distribution():
 
 
 def test_epoch_plan_draws_uniform_offsets_and_fair_flips():
-    perm, offsets, flips = epoch_plan(20_000, epoch_generator(0, 1, "cpu"), "cpu")
+    perm, offsets, flips = epoch_plan(20_000, seed=0, epoch=1)
     for axis in range(2):
         assert chi2_uniform(offsets[:, axis].numpy(), 9) < CHI2_8DOF_P001
     assert abs(flips.float().mean().item() - 0.5) < 4 * math.sqrt(0.25 / 20_000)

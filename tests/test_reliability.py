@@ -4,6 +4,7 @@ import copy
 import errno
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,9 +17,14 @@ from cifar100 import checkpoint, data, engine
 from cifar100.config import load as load_config
 from cifar100.config import validate
 from cifar100.exceptions import ConfigError, Diverged, OutputError
-from conftest import Evil, REPO, SCRIPTS, TINY_RECIPE, run_script, train_args
+from helpers import Evil, REPO, SCRIPTS, TINY_RECIPE, run_script, train_args
 
 LONG = {**TINY_RECIPE, "epochs": 6, "batch_size": 32}  # 10 steps per epoch on the tiny set
+
+
+def _spec(deterministic=False, **recipe):
+    return engine.RunSpec(recipe={**TINY_RECIPE, **recipe}, recipe_name="baseline", seed=0, selection="best_test",
+                          val_size=50, deterministic=deterministic, precision="bf16", compile=False)
 
 
 def _popen_train(tiny_data, out, recipe=LONG):
@@ -100,17 +106,27 @@ def test_resume_checkpoint_of_another_seed_or_recipe_is_ignored(tiny_data, tmp_p
     assert "ignoring resume checkpoint" in p.stdout  # same seed, different recipe
 
 
-def test_finished_run_is_not_resumed(tiny_data, tmp_path):
+def test_a_finished_run_is_rebuilt_from_last_pt_and_never_trained_again(tiny_data, tmp_path):
     out = tmp_path / "run"
     run_script("train.py", *train_args(tiny_data, out))
+    shutil.copy(out / "model.pt", tmp_path / "model.first.pt")
+    history = (out / "history.csv").read_text()
+    (out / "model.pt").unlink()  # what `snakemake --rerun-incomplete` does after a killed login node
+    (out / "history.csv").unlink()
+    t0 = time.time()
     p = run_script("train.py", *train_args(tiny_data, out))
-    assert "from a finished run: training again from scratch" in p.stdout
+    seconds = time.time() - t0
+    assert "finished: rebuilding model.pt and history.csv from it, no training" in p.stdout
+    assert not [ln for ln in p.stdout.splitlines() if ln.startswith("epoch ")]
+    assert _same_weights(out / "model.pt", tmp_path / "model.first.pt")
+    assert (out / "history.csv").read_text() == history
+    assert seconds < 60, seconds  # python and torch start-up; no epoch
 
 
 def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
     # epoch 1 trains normally; gamma 1e12 makes epoch 2's learning rate absurd
     recipe = {**TINY_RECIPE, "epochs": 3, "step_size": 1, "gamma": 1e12}
-    spec = engine.RunSpec(recipe=recipe, deterministic=False)
+    spec = _spec(**recipe)
     with pytest.raises(Diverged, match=r"training diverged at epoch 2, step \d+ of 5: the loss became NaN or inf"):
         engine.train(data.load(tiny_data), spec, tmp_path, device="cpu", log=lambda m: None)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
@@ -137,7 +153,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_data, tmp_pat
         return real_save(obj, f, *a, **kw)
 
     monkeypatch.setattr(checkpoint.torch, "save", failing_save)
-    spec = engine.RunSpec(recipe={**TINY_RECIPE, "epochs": 3})
+    spec = _spec(epochs=3)
     with pytest.raises(OutputError, match=r"cannot write .*last\.pt: No space left on device"):
         engine.train(data.load(tiny_data), spec, tmp_path, device="cpu", log=lambda m: None)
     state = checkpoint.load(tmp_path / "last.pt")
@@ -262,8 +278,6 @@ def test_repository_config_is_valid_and_baseline_is_the_notebook(config):
 
 # --- resume edge cases, in-process ------------------------------------------------------------
 
-def _spec(**recipe):
-    return engine.RunSpec(recipe={**TINY_RECIPE, **recipe})
 
 
 def _run(tiny_data, out, spec, logs=None):

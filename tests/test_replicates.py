@@ -19,7 +19,7 @@ sys.path.insert(0, str(SCRIPTS))
 from cifar100 import plots, replicates  # noqa: E402
 from cifar100.cli import run_cli  # noqa: E402
 from cifar100.exceptions import DataError  # noqa: E402
-from conftest import load_script  # noqa: E402
+from helpers import load_script  # noqa: E402
 
 TOP1 = {0: 0.70, 1: 0.72, 2: 0.74}
 CLASSES = ["apple", "bear", "cloud"]

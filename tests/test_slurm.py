@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, RUN_OUTPUTS, SHARED_OUTPUTS
+from helpers import REPO, RUN_OUTPUTS, SHARED_OUTPUTS
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

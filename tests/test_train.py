@@ -9,12 +9,12 @@ import torch
 
 from cifar100 import checkpoint, data, engine
 from cifar100.exceptions import CheckpointError
-from conftest import TINY_RECIPE, run_script, train_args
+from helpers import TINY_RECIPE, run_script, train_args
 
 
 def _train(tiny_data, out, seed=0, selection="best_test", **recipe):
-    spec = engine.RunSpec(recipe={**TINY_RECIPE, **recipe}, seed=seed, selection=selection,
-                          val_size=50, deterministic=True)
+    spec = engine.RunSpec(recipe={**TINY_RECIPE, **recipe}, recipe_name="baseline", seed=seed,
+                          selection=selection, val_size=50, deterministic=True, precision="bf16", compile=False)
     with pytest.warns(UserWarning, match="slower"):
         return engine.train(data.load(tiny_data), spec, out, device="cpu", log=lambda m: None)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, RUN_OUTPUTS, SHARED_OUTPUTS
+from helpers import REPO, RUN_OUTPUTS, SHARED_OUTPUTS
 
 pytestmark = pytest.mark.slow
 

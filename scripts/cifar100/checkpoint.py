@@ -1,23 +1,20 @@
 """Checkpoints: plain dicts of tensors, numbers, strings and lists, loadable with weights_only=True."""
 
-import platform
+import re
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .exceptions import CheckpointError, OutputError
 from .files import atomic_path
 from .model import resnet18
+from .provenance import versions  # noqa: F401  (checkpoint.versions(): what model.pt records)
 
 FORMAT = "cifar100-resnet18/1"
-
-
-def versions() -> dict:
-    import torchvision
-
-    return {"python": platform.python_version(), "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__), "numpy": str(np.__version__)}
+# Sentences of torch.load's errors that advise loading unsafely or point at its docs: dropped,
+# since this project never loads with weights_only=False.
+_ADVICE = re.compile(r"weights_only|safe_globals|two options|trusted source|trust the source|"
+                     r"documentation of torch\.load|recommended steps", re.IGNORECASE)
 
 
 def save(path, obj: dict) -> None:
@@ -37,12 +34,19 @@ def load(path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
-        why = next((ln for ln in lines if "unsupported global" in ln.lower()), lines[0])
-        raise CheckpointError(f"{path}: unreadable or unsafe checkpoint ({why[:200]})") from e
+        raise CheckpointError(f"{path}: unreadable or unsafe checkpoint ({load_error_reason(e)})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a checkpoint of this project (format tag {FORMAT!r} missing)")
     return ckpt
+
+
+def load_error_reason(e: Exception) -> str:
+    """torch.load's error as one whole line, without its advice to load with weights_only=False."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    text = re.sub(r"^\s*(WeightsUnpickler error:|\(\d\))\s*", "", text, flags=re.MULTILINE)
+    sentences = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+    kept = [s for s in sentences if s and not _ADVICE.search(s) and s != "Weights only load failed."]
+    return " ".join(kept) or type(e).__name__
 
 
 def load_model(path, num_classes: int | None = None, device="cpu", class_names: list[str] | None = None):
@@ -53,7 +57,7 @@ def load_model(path, num_classes: int | None = None, device="cpu", class_names: 
     ckpt = load(path)
     try:
         args = {"num_classes": int(ckpt["model_args"]["num_classes"]), "width": int(ckpt["model_args"]["width"])}
-        state = ckpt["state_dict"]
+        state = dict(ckpt["state_dict"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: checkpoint lacks model_args or state_dict ({e})") from e
     if num_classes is not None and args["num_classes"] != num_classes:
@@ -62,6 +66,10 @@ def load_model(path, num_classes: int | None = None, device="cpu", class_names: 
         )
     if class_names is not None and list(ckpt.get("fine_names", class_names)) != list(class_names):
         raise CheckpointError(f"{path}: its class names differ from the dataset's")
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}); "
+                              "the model it holds diverged or the file is damaged")
     model = resnet18(**args)
     try:
         model.load_state_dict(state)

@@ -1,6 +1,11 @@
-"""Loading and validating config.yaml (the same schema the Snakefile validates against)."""
+"""Loading and validating config.yaml: the schema (config.schema.yaml) holds every key, its type,
+range and default; ``validate`` checks a config against it, fills in the defaults and applies the
+cross-key rules a schema cannot say. The Snakefile and the scripts run standalone read the same
+resolved config, so a default lives in one place."""
 
 import copy
+import functools
+import math
 from pathlib import Path
 
 import yaml
@@ -9,6 +14,8 @@ from .exceptions import ConfigError
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
+# The official CIFAR-100 training split (for checks that need its size before it is downloaded).
+CIFAR100_TRAIN_SIZE = 50_000
 
 
 def _where(error) -> str:
@@ -52,8 +59,47 @@ def fill_defaults(value, schema: dict):
     return value
 
 
+@functools.lru_cache(maxsize=1)
+def _schema_text() -> str:
+    return SCHEMA.read_text()
+
+
 def schema() -> dict:
-    return yaml.safe_load(SCHEMA.read_text())
+    return yaml.safe_load(_schema_text())
+
+
+def default(*keys):
+    """The schema's default of a key, e.g. ``default("analysis", "samples")`` (argparse defaults
+    of the scripts run standalone come from here)."""
+    node = schema()
+    for k in keys:
+        node = node["properties"][k] if "properties" in node else node["additionalProperties"]["properties"][k]
+    return node["default"]
+
+
+def _validator(s: dict):
+    """JSON-schema validation where an integer is an int (YAML's 2.0 and --config's 1e3 are not)
+    and a number is finite (.nan and .inf are not)."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+
+    def is_int(_, x):
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    def is_number(_, x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    checker = base.TYPE_CHECKER.redefine_many({"integer": is_int, "number": is_number})
+    return jsonschema.validators.extend(base, type_checker=checker)(s)
+
+
+def _check(value, s: dict, prefix: str = "") -> None:
+    errors = sorted(_validator(s).iter_errors(value), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        where = "/".join(x for x in (prefix, _where(e) if e.absolute_path else "") if x) or "(top level)"
+        raise ConfigError(f"config key {where}: {e.message}")
 
 
 def validate(config: dict) -> dict:
@@ -63,37 +109,65 @@ def validate(config: dict) -> dict:
     ``--config seeds=[0,1]`` reaches Snakemake as ['0', '1'] and ``deterministic=true`` as 'true':
     such strings are first turned, in place, into the numbers and booleans the schema asks for.
     """
-    import jsonschema
-
     s = schema()
     _coerce(config, s)
-    errors = sorted(jsonschema.Draft202012Validator(s).iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        e = errors[0]
-        raise ConfigError(f"config key {_where(e)}: {e.message}")
+    _check(config, s)
     fill_defaults(config, s)
-    check_runs(config)
+    check_combinations(config)
     return config
 
 
+def validate_section(name: str, value: dict) -> dict:
+    """Validate and complete one top-level section on its own (e.g. ``synthetic`` given to
+    download.py run standalone)."""
+    s = schema()["properties"][name]
+    _coerce(value, s)
+    _check(value, s, name)
+    return fill_defaults(value, s)
+
+
 def validate_recipe(name: str, recipe: dict) -> dict:
-    """Validate one recipe on its own (train.py --recipe-json)."""
-    validate({"data_dir": "-", "dataset": "cifar100", "seeds": [0], "runs": [name],
-              "selection": "last", "recipes": {name: recipe}})
+    """Validate and complete one recipe on its own (train.py --recipe-json)."""
+    s = schema()["properties"]["recipes"]["additionalProperties"]
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"config key recipes/{name}: a recipe is a mapping of keys, got {recipe!r}")
+    _coerce(recipe, s)
+    _check(recipe, s, f"recipes/{name}")
+    fill_defaults(recipe, s)
+    _check_recipe(name, recipe)
     return recipe
 
 
-def check_runs(config: dict) -> None:
-    """Cross-key rules a JSON schema cannot say."""
+def _check_recipe(name: str, r: dict) -> None:
+    if r["schedule"] == "step" and ("step_size" not in r or "gamma" not in r):
+        raise ConfigError(f"config key recipes/{name}: schedule 'step' needs step_size and gamma")
+    if r["nesterov"] and r["momentum"] == 0:
+        raise ConfigError(f"config key recipes/{name}/nesterov: Nesterov momentum needs momentum > 0")
+
+
+def train_size(config: dict) -> int:
+    """Training images the config's dataset will have (the official split's size for cifar100)."""
+    return config["synthetic"]["train_size"] if config["dataset"] == "synthetic" else CIFAR100_TRAIN_SIZE
+
+
+def check_combinations(config: dict) -> None:
+    """Cross-key rules a JSON schema cannot say, checked before any job starts."""
     for name in config["runs"]:
         if name not in config["recipes"]:
             raise ConfigError(f"config key runs: recipe {name!r} is not defined under recipes "
                               f"(defined: {', '.join(sorted(config['recipes']))})")
     for name, r in config["recipes"].items():
-        if r["schedule"] == "step" and ("step_size" not in r or "gamma" not in r):
-            raise ConfigError(f"config key recipes/{name}: schedule 'step' needs step_size and gamma")
-        if r["nesterov"] and r["momentum"] == 0:
-            raise ConfigError(f"config key recipes/{name}/nesterov: Nesterov momentum needs momentum > 0")
+        _check_recipe(name, r)
+    if config["selection"] == "best_val" and config["val_size"] >= train_size(config):
+        raise ConfigError(f"config key val_size: {config['val_size']} held-out images leave nothing to train "
+                          f"on: the {config['dataset']} training split has {train_size(config)} (selection best_val)")
+    if config["compile"] and config["deterministic"]:
+        raise ConfigError("config key compile: torch.compile is not bit-reproducible (Inductor autotunes and "
+                          "caches kernel choices); use compile: false with deterministic: true")
+    syn = config["synthetic"]
+    if syn["num_coarse"] > syn["num_classes"]:
+        raise ConfigError(f"config key synthetic/num_coarse: {syn['num_coarse']} superclasses for "
+                          f"{syn['num_classes']} classes (at most one per class)")
 
 
 def load(path=REPO_CONFIG) -> dict:
@@ -103,7 +177,9 @@ def load(path=REPO_CONFIG) -> dict:
     except FileNotFoundError as e:
         raise ConfigError(f"{path}: config file not found") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', None) or e})") from e
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys")
     return validate(config)

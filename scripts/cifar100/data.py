@@ -6,9 +6,14 @@ class names come from ``meta``. ``write_synthetic`` writes a small learnable dat
 layout for tests and smoke runs; ``download`` fetches the real one with torchvision (md5-checked).
 """
 
+import hashlib
 import importlib
 import io
+import json
+import os
 import pickle
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +23,11 @@ from .exceptions import DataError
 from .files import atomic_path
 
 FOLDER = "cifar-100-python"
+FILES = ("train", "test", "meta")
 IMAGE_SHAPE = (32, 32, 3)
+# The official files' md5 sums (torchvision checks the same ones after a download).
+OFFICIAL_MD5 = {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+                "meta": "7973b15100ade9c7d40fb424638fde48"}
 
 # The only globals the official files reference: numpy array and dtype reconstruction.
 _ALLOWED = {
@@ -36,18 +45,50 @@ class _Refused(pickle.UnpicklingError):
     pass
 
 
+def _itemsize(dtype) -> int:
+    try:
+        return np.dtype(dtype).itemsize
+    except Exception:  # numpy pickles pass b"b" here; anything odd is caught by the real call
+        return 1
+
+
 class _SafeUnpickler(pickle.Unpickler):
-    """Accepts builtin containers, str, bytes, numbers and numpy arrays; refuses anything else."""
+    """Accepts builtin containers, str, bytes, numbers and numpy arrays; refuses anything else.
+
+    numpy's ``_reconstruct(cls, shape, dtype)`` and ``scalar(dtype, ...)`` allocate what their
+    arguments say before any data is read, so a 100-byte file could ask for gigabytes: both are
+    wrapped to refuse anything larger than the file itself (a real array's bytes are in the file).
+    """
+
+    def __init__(self, file, limit: int, **kw):
+        super().__init__(file, **kw)
+        self.limit = limit
+
+    def _bounded(self, what: str, nbytes: int) -> None:
+        if nbytes > self.limit:
+            raise _Refused(f"{what} of {nbytes} bytes in a file of {self.limit} bytes")
 
     def find_class(self, module, name):
-        if (module, name) in _ALLOWED:
-            if module.startswith("numpy.core"):  # numpy 2 renamed numpy.core to numpy._core
-                try:
-                    return getattr(importlib.import_module(module.replace("numpy.core", "numpy._core")), name)
-                except ImportError:
-                    pass
-            return getattr(importlib.import_module(module), name)
-        raise _Refused(f"refusing to load global {module}.{name}")
+        if (module, name) not in _ALLOWED:
+            raise _Refused(f"refusing to load global {module}.{name}")
+        target = None
+        if module.startswith("numpy.core"):  # numpy 2 renamed numpy.core to numpy._core
+            try:
+                target = getattr(importlib.import_module(module.replace("numpy.core", "numpy._core")), name)
+            except ImportError:
+                pass
+        target = target or getattr(importlib.import_module(module), name)
+        if name == "_reconstruct":
+            def reconstruct(cls, shape, dtype):
+                self._bounded("an array", int(np.prod(shape, dtype=np.float64)) * _itemsize(dtype))
+                return target(cls, shape, dtype)
+            return reconstruct
+        if name == "scalar":
+            def scalar(dtype, *args):
+                self._bounded("a scalar", _itemsize(dtype))
+                return target(dtype, *args)
+            return scalar
+        return target
 
 
 def safe_load(path: Path) -> dict:
@@ -56,7 +97,8 @@ def safe_load(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        obj = _SafeUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
+        raw = path.read_bytes()
+        obj = _SafeUnpickler(io.BytesIO(raw), limit=len(raw) + 1024, encoding="latin1").load()
     except _Refused as e:
         raise DataError(f"{path}: unsafe pickle ({e})") from e
     except Exception as e:  # truncated streams raise EOFError, ValueError, ...
@@ -111,7 +153,19 @@ def _names(meta: dict, key: str, path: Path) -> list[str] | None:
         return None
     if not isinstance(names, list) or not all(isinstance(n, (str, bytes)) for n in names):
         raise DataError(f"{path}: '{key}' must be a list of strings")
-    return [n.decode() if isinstance(n, bytes) else n for n in names]
+    try:
+        names = [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: a name in '{key}' is not UTF-8 text ({e.object[:40]!r})") from e
+    if any(not n.strip() or not n.isprintable() for n in names):
+        bad = next(n for n in names if not n.strip() or not n.isprintable())
+        raise DataError(f"{path}: '{key}' holds an empty or unprintable name {bad!r}")
+    seen = set()
+    for n in names:
+        if n in seen:
+            raise DataError(f"{path}: '{key}' lists {n!r} twice (class names must be unique)")
+        seen.add(n)
+    return names
 
 
 def _labels(d: dict, key: str, n: int, path: Path, num: int | None) -> np.ndarray | None:
@@ -144,6 +198,25 @@ def _split(path: Path, num_fine: int, num_coarse: int | None) -> Split:
     # Official rows are channel-major (R plane, G plane, B plane); we keep NHWC uint8.
     images = np.ascontiguousarray(data.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1))
     return Split(images, labels, coarse)
+
+
+def missing_files(data_dir) -> list[str]:
+    """Which of train, test and meta the dataset folder lacks (all three when there is no folder)."""
+    root = dataset_dir(data_dir)
+    return [f for f in FILES if not (root / f).is_file()]
+
+
+def check_complete(data_dir) -> Path:
+    """The dataset folder, or a DataError naming the first missing file (nothing is ever deleted)."""
+    root = dataset_dir(data_dir)
+    missing = missing_files(data_dir)
+    if len(missing) == len(FILES) and not root.exists():
+        raise DataError(f"{root}: dataset folder not found (expected train, test and meta inside)")
+    if missing:
+        raise DataError(f"{root / missing[0]}: missing from the dataset folder (it has "
+                        f"{', '.join(f for f in FILES if f not in missing) or 'none of train, test, meta'}); "
+                        "complete it or point data_dir elsewhere: nothing was changed")
+    return root
 
 
 def _open(data_dir):
@@ -246,6 +319,88 @@ def download(data_dir) -> Path:
     """Fetch CIFAR-100 with torchvision (which verifies the archive's and files' md5 sums)."""
     from torchvision.datasets import CIFAR100
 
-    for train in (True, False):
-        CIFAR100(root=str(data_dir), train=train, download=True)
+    try:
+        for train in (True, False):
+            CIFAR100(root=str(data_dir), train=train, download=True)
+    except (OSError, RuntimeError) as e:  # no network (URLError is an OSError), a bad md5, a full disk
+        reason = getattr(e, "reason", None) or e
+        raise DataError(f"cannot download CIFAR-100 from {CIFAR100.url} ({reason}); on a machine without "
+                        "internet, put cifar-100-python/ (train, test, meta) into data_dir first") from e
     return dataset_dir(data_dir)
+
+
+def synthetic_dir(data_dir, settings: dict) -> Path:
+    """Where a synthetic set lives: its own folder, keyed by its settings, never the folder real
+    CIFAR-100 uses (a "try it here" run can never be mistaken for, or replace, the real data)."""
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(data_dir) / f"synthetic-{key}"
+
+
+def put_in_place(data_dir, write, log=print) -> Path:
+    """Create ``{data_dir}/cifar-100-python`` with ``write(tmp_data_dir)``, all or nothing.
+
+    The files are written into a private temporary folder beside the target and the finished
+    folder is renamed into place: readers never see a half-written set, an existing folder is never
+    overwritten, and of two writers racing for one data_dir the second finds the first one's folder
+    there, drops its own copy and uses that one.
+    """
+    data_dir = Path(data_dir)
+    target = dataset_dir(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = data_dir / f".incoming-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        check_complete(tmp)
+        try:
+            os.rename(dataset_dir(tmp), target)  # fails if another writer's folder is there now
+        except OSError:
+            if not target.exists():
+                raise
+            log(f"{target} appeared while this copy was being written (another workflow?): using it")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder only
+    return target
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def content_version(data_dir, cache=None) -> str | None:
+    """A name for the dataset's content: "cifar100-official" when the three files are the
+    official ones (also before a download, which md5-checks them), else an md5 of the files.
+
+    None when the folder does not exist yet. Hashing 180 MB takes a second, so sums are kept in
+    ``cache`` (a JSON file) under each file's path, size and mtime.
+    """
+    root = dataset_dir(data_dir)
+    if missing_files(data_dir) == list(FILES) and not root.exists():
+        return None
+    check_complete(data_dir)
+    try:
+        known = json.loads(Path(cache).read_text()) if cache and Path(cache).is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    sums, changed = {}, False
+    for name in FILES:
+        path = (root / name).resolve()
+        st = path.stat()
+        key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+        if key not in known:
+            known[key], changed = _md5(path), True
+        sums[name] = known[key]
+    if cache and changed:
+        try:
+            Path(cache).parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cache) as tmp:
+                Path(tmp).write_text(json.dumps(known, indent=1))
+        except Exception:  # a cache that cannot be written costs time, not correctness
+            pass
+    if sums == OFFICIAL_MD5:
+        return "cifar100-official"
+    return "md5-" + hashlib.md5("".join(sums[n] for n in FILES).encode()).hexdigest()[:16]

@@ -1,21 +1,27 @@
-"""The training loop, readable top to bottom: seeding, optimiser and schedule, the epoch loop,
-per-epoch evaluation, model selection, preemption-safe checkpoints and exact resume.
+"""The training loop, readable top to bottom: the run's settings and numerics, seeding, optimiser
+and schedule, one epoch, the epoch loop with evaluation and model selection, preemption-safe
+checkpoints and exact resume.
 
 Resume contract: ``last.pt`` in the run folder (not a Snakemake output, so a failed job keeps
-it) holds model, optimiser, scheduler, history, best model, RNG states and the position inside
-the epoch. Shuffling and augmentation draw from a generator seeded by (seed, epoch), so a
-resumed run replays exactly the batches it would have seen: with ``deterministic`` on the CPU
-an interrupted run ends bit-identical to an uninterrupted one.
+it) holds a ``ResumeState``: model, optimiser, scheduler, history, best model and the position
+inside the epoch. Shuffling and augmentation come from a CPU generator seeded by (seed, epoch),
+so a resumed run replays exactly the batches it would have seen. With ``deterministic`` an
+interrupted run ends bit-identical to an uninterrupted one, whatever the core count, and a
+resume that could not be exact (another GPU model, torch version or training code) is refused.
+A ``last.pt`` marked complete rebuilds model.pt and history.csv in seconds, with no training.
 """
 
 import contextlib
 import os
 import random
+import re
+import shutil
 import signal
 import sys
+import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -24,60 +30,185 @@ from torch import nn
 
 from . import checkpoint
 from .data import Dataset
-from .exceptions import CheckpointError, Diverged, Preempted
-from .files import read_json, remove_stale_temps, write_csv, write_json
-from .model import resnet18
+from .exceptions import CheckpointError, ConfigError, Diverged, OutputError, Preempted
+from .files import ensure_dir, read_json, remove_stale_temps, write_csv, write_json
+from .model import count_parameters, resnet18
 from .pipeline import DeviceSplit, eval_batches, num_batches, train_batches
+from .provenance import device_name, provenance, source_digest
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
                   "val_loss", "val_acc", "seconds", "images_per_s"]
 CUDA_CHECK_EVERY = 50  # steps between NaN checks on CUDA (each check is a host-device sync)
+# Intra-op threads of a deterministic CPU run. The thread count splits every reduction (convolution,
+# batch norm), so weights depend on it: a fixed count makes them the same whatever the cores or
+# OMP_NUM_THREADS say. 1 runs on every machine without oversubscription; deterministic CPU runs
+# are for tests and debugging (a full run belongs on a GPU, where host threads do not touch the sums).
+DETERMINISTIC_CPU_THREADS = 1
+VARY = ("all", "init", "data", "none")  # which randomness the run seed drives (the rest uses seed 0)
+SELECTIONS = ("best_test", "last", "best_val")
+PRECISIONS = ("bf16", "fp32")
+# The modules whose source decides the weights: a finished last.pt is reused only with the same code.
+TRAINING_CODE = [Path(__file__).with_name(n) for n in ("engine.py", "pipeline.py", "model.py", "data.py")]
+# Free space a run needs, in model sizes: last.pt (weights, momentum, best weights) and its temp
+# copy while it is replaced, plus model.pt.
+CHECKPOINT_MODEL_SIZES = 7
+COMPILE_DETERMINISTIC = ("compile: true and deterministic: true cannot be combined: torch.compile's Inductor "
+                         "autotunes kernel choices that change the numerics (and caches them on local disk), "
+                         "so the run would not be bit-reproducible; set one of them to false")
 
 
 @dataclass
 class RunSpec:
-    recipe: dict
-    recipe_name: str = "baseline"
-    seed: int = 0
-    selection: str = "best_test"  # best_test | last | best_val
-    val_size: int = 5000
-    deterministic: bool = False
-    precision: str = "bf16"  # bf16 | fp32; CUDA only, the CPU always trains in fp32
-    compile: bool = False
+    """One run's settings, every one given by the caller (defaults live in the config schema)."""
 
-    def fingerprint(self, num_classes: int, device: torch.device) -> dict:
-        """What a resume checkpoint must match to be reused. The device type is part of it: the
-        epoch's shuffling generator, and fused vs foreach optimizer state, differ between devices."""
-        return {"recipe": self.recipe, "recipe_name": self.recipe_name, "seed": self.seed,
-                "selection": self.selection, "val_size": self.val_size, "num_classes": num_classes,
-                "device": device.type}
+    recipe: dict
+    recipe_name: str
+    seed: int
+    selection: str  # best_test | last | best_val
+    val_size: int
+    deterministic: bool
+    precision: str  # bf16 | fp32; CUDA only, the CPU always trains in fp32
+    compile: bool
+
+    def __post_init__(self):
+        checks = {"selection": (self.selection, SELECTIONS), "precision": (self.precision, PRECISIONS),
+                  f"recipes/{self.recipe_name}/vary": (self.recipe.get("vary"), VARY)}
+        for key, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ConfigError(f"config key {key}: {value!r} is not one of {', '.join(allowed)}")
+        if self.compile and self.deterministic:
+            raise ConfigError(COMPILE_DETERMINISTIC)
+
+    @property
+    def init_seed(self) -> int:
+        """Seeds the model's initialisation."""
+        return self.seed if self.recipe["vary"] in ("all", "init") else 0
+
+    @property
+    def plan_seed(self) -> int:
+        """Seeds each epoch's order, crops and flips."""
+        return self.seed if self.recipe["vary"] in ("all", "data") else 0
+
+    def fingerprint(self, num_classes: int) -> dict:
+        """What a resume checkpoint must match to belong to this run: every setting, and the classes."""
+        return {**asdict(self), "num_classes": num_classes}
+
+
+def arithmetic(device: torch.device, precision: str) -> dict:
+    """What else changes the numbers a run computes: a resume with other values is not exact."""
+    a = {"torch": str(torch.__version__), "device": device.type, "device_name": device_name(device),
+         "precision": precision, "training_code": source_digest(TRAINING_CODE)}
+    if device.type == "cuda":
+        a.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    else:  # oneDNN picks kernels by instruction set; the thread count splits the sums
+        a.update(cpu_capability=torch.backends.cpu.get_cpu_capability(), threads=torch.get_num_threads())
+    return a
 
 
 def pick_device(name: str | None = None) -> torch.device:
     if name in (None, "auto"):
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {name}: not a device name (cpu, cuda, cuda:1, auto)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is visible to this process")
+    return device
+
+
+def set_determinism(deterministic: bool) -> None:
+    """Every switch set both ways, so a run after a deterministic one in the same process is not."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    # Filling fresh memory with NaN is a debugging aid (an extra kernel per allocation, 10-15%);
+    # every tensor here is written before it is read.
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def set_precision(precision: str) -> None:
+    """fp32 means IEEE fp32: cuDNN would otherwise run convolutions in TF32 on Ampere and newer.
+    bf16 keeps torch's defaults (TF32 convolutions outside autocast, fp32 matmuls)."""
+    torch.backends.cudnn.allow_tf32 = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)  # seeds every CUDA device too
+    torch.manual_seed(seed)
+    set_determinism(deterministic)
     if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
         warnings.warn("deterministic: true makes runs bit-reproducible but slower "
-                      "(deterministic kernels, no cuDNN autotuning)", stacklevel=2)
-    else:
-        torch.backends.cudnn.benchmark = True
+                      "(deterministic kernels, no cuDNN autotuning, one CPU thread)", stacklevel=2)
+
+
+@contextlib.contextmanager
+def numerics(spec: RunSpec, device: torch.device, log):
+    """Threads, determinism and TF32 for this run; yields the precision it trains in. The
+    process's thread count comes back afterwards."""
+    threads = torch.get_num_threads()
+    if spec.deterministic and device.type == "cpu":
+        torch.set_num_threads(DETERMINISTIC_CPU_THREADS)
+    set_determinism(spec.deterministic)
+    precision = resolve_precision(device, spec.precision, log)
+    set_precision(precision)
+    try:
+        yield precision
+    finally:
+        torch.set_num_threads(threads)
+
+
+def resolve_precision(device: torch.device, precision: str, log) -> str:
+    """bf16 only where the chosen GPU has it natively (Ampere and newer); emulated bf16 is slower than fp32."""
+    if device.type != "cuda":
+        if precision != "fp32":
+            log("CPU run: training in fp32 (bf16 autocast is used on CUDA only)")
+        return "fp32"
+    if precision == "bf16" and torch.cuda.get_device_capability(device) < (8, 0):
+        log(f"{torch.cuda.get_device_name(device)} has no native bf16: training in fp32")
+        return "fp32"
+    return precision
+
+
+def autocast_for(device: torch.device, precision: str):
+    if device.type == "cuda" and precision == "bf16":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _one_line(text: str, pattern=r"fatal error|No such file|not found|error:") -> str:
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    return next((ln for ln in lines if re.search(pattern, ln)), lines[0] if lines else "")
+
+
+def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """torch.compile, after a tiny compiled function has run on ``device``: a missing toolchain
+    (CUDA headers, ptxas, a C compiler) fails there as one line, not at the model's first forward."""
+    try:
+        probe = torch.compile(lambda x: x * 2 + 1, dynamic=False)
+        probe(torch.ones(8, device=device))
+    except Exception as e:
+        need = ("the CUDA toolchain Triton compiles with (conda-forge: cuda-nvcc, cuda-cudart-dev and gcc, "
+                "of the CUDA version PyTorch was built with)" if device.type == "cuda"
+                else "a C++ compiler (conda-forge: gxx)")
+        raise ConfigError(f"compile: true, but torch.compile cannot build kernels on {device} here "
+                          f"({_one_line(e) or type(e).__name__}): install {need}, or set compile: false") from e
+    # dynamic=False: the partial last batch and eval batches compile once each, as static graphs.
+    return torch.compile(model, dynamic=False)
+
+
+def optimizer_impl(device: torch.device) -> dict:
+    # Fused SGD is one kernel for all parameters on CUDA; foreach is the fast CPU path.
+    return {"fused": True, "foreach": None} if device.type == "cuda" else {"fused": None, "foreach": True}
 
 
 def make_optimizer(model: nn.Module, r: dict, device: torch.device) -> torch.optim.Optimizer:
-    # Fused SGD is one kernel for all parameters on CUDA; foreach is the fast CPU path.
-    impl = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=r["momentum"],
-                           weight_decay=r["weight_decay"], nesterov=r["nesterov"], **impl)
+                           weight_decay=r["weight_decay"], nesterov=r["nesterov"], **optimizer_impl(device))
 
 
 def make_scheduler(opt, r: dict, steps_per_epoch: int):
@@ -204,7 +335,7 @@ def evaluate(model, split: DeviceSplit, amp, channels_last=False, batch_size=Non
     model.eval()
     loss = torch.zeros((), device=split.device)
     correct = torch.zeros((), device=split.device, dtype=torch.long)
-    for x, y in eval_batches(split, batch_size, channels_last):
+    for x, y in eval_batches(split, batch_size, channels_last=channels_last):
         with amp():
             out = model(x)
         loss += nn.functional.cross_entropy(out.float(), y, reduction="sum")
@@ -218,43 +349,72 @@ def predict(model, split: DeviceSplit, amp, channels_last=False, batch_size=None
     batch_size = batch_size or eval_batch_size(split.device)
     model.eval()
     outs = []
-    for x, _ in eval_batches(split, batch_size, channels_last):
+    for x, _ in eval_batches(split, batch_size, channels_last=channels_last):
         with amp():
             outs.append(model(x).float())
     return torch.cat(outs).cpu()
 
 
-def autocast_for(device: torch.device, precision: str):
-    if device.type == "cuda" and precision == "bf16":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
+# --- the resume state -----------------------------------------------------------------------
+
+@dataclass
+class ResumeState:
+    """What last.pt holds to continue a run exactly, and what a finished run is rebuilt from."""
+
+    fingerprint: dict  # RunSpec.fingerprint(): which run this is
+    arithmetic: dict  # arithmetic(): what the numbers were computed with
+    provenance: dict  # provenance() of the attempt that wrote it
+    history: list  # one row per finished epoch
+    best: dict  # the selected epoch so far: score, epoch, metrics, state_dict
+    epoch: int  # the next epoch to train ...
+    step: int  # ... and the next step in it
+    epoch_so_far: dict | None  # loss sum, correct, count, seconds and lr of that epoch's first steps
+    complete: bool  # every epoch trained: model.pt and history.csv follow from this state alone
+    state_dict: dict  # the model, optimiser and scheduler now
+    optimizer: dict
+    scheduler: dict
+    rng: dict
+
+    @classmethod
+    def fresh(cls, fingerprint: dict, arithmetic: dict, provenance: dict) -> "ResumeState":
+        return cls(fingerprint, arithmetic, provenance, history=[], epoch=1, step=0, epoch_so_far=None,
+                   best={"score": -1.0, "epoch": 0, "metrics": {}, "state_dict": None}, complete=False,
+                   state_dict={}, optimizer={}, scheduler={}, rng={})
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}  # no deep copy of the weights
+        d["position"] = {"epoch": d.pop("epoch"), "step": d.pop("step")}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, path) -> "ResumeState":
+        """Raises CheckpointError naming the first missing or malformed field."""
+        try:
+            kw = {f.name: d[f.name] for f in fields(cls) if f.name not in ("epoch", "step")}
+            kw.update(epoch=int(d["position"]["epoch"]), step=int(d["position"]["step"]))
+            for key in ("score", "epoch", "metrics", "state_dict"):
+                kw["best"][key]
+            if not isinstance(kw["history"], list) or (kw["complete"] and not isinstance(kw["best"]["state_dict"], dict)):
+                raise TypeError("history or best model")
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: resume checkpoint lacks field {e}") from e
+        return cls(**kw)
 
 
-def resolve_precision(device: torch.device, precision: str, log) -> str:
-    """bf16 only where the GPU has it natively (Ampere and newer); emulated bf16 is slower than fp32."""
-    if device.type != "cuda":
-        if precision != "fp32":
-            log("CPU run: training in fp32 (bf16 autocast is used on CUDA only)")
-        return "fp32"
-    if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
-        log(f"{torch.cuda.get_device_name(device)} has no native bf16: training in fp32")
-        return "fp32"
-    return precision
-
-
-def _rng_state() -> dict:
+def rng_state() -> dict:
+    """Host generators only. Nothing in training draws from the default CUDA generators (the
+    epoch plan has its own CPU generator), and their states, one per visible GPU, would not fit
+    a resume that sees fewer GPUs."""
     np_state = np.random.get_state()
-    return {"python": random.getstate(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "numpy_pos": int(np_state[2]), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {"python": _to_python(random.getstate()), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "numpy_pos": int(np_state[2]), "torch": torch.get_rng_state()}
 
 
-def _set_rng_state(s: dict) -> None:
-    random.setstate(s["python"])
+def set_rng_state(s: dict) -> None:
+    """Restore what rng_state saved; CUDA states in older checkpoints are ignored."""
+    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
     np.random.set_state(("MT19937", s["numpy_keys"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0))
     torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
 
 
 def _to_python(x):
@@ -264,154 +424,258 @@ def _to_python(x):
     return x
 
 
+def set_aside(path: Path) -> Path:
+    """Keep an unusable file for inspection under a new name; nothing is deleted."""
+    aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+    while aside.exists():
+        aside = aside.with_name(aside.name + "x")
+    os.replace(path, aside)
+    return aside
+
+
+def _show(value):
+    return value[:12] if isinstance(value, str) and len(value) == 64 else value  # digests
+
+
+def find_resume(path: Path, fingerprint: dict, now: dict, deterministic: bool, log) -> ResumeState | None:
+    """The state in ``path`` if it belongs to this run; None to start over. An unreadable or
+    incomplete file is set aside. A deterministic run refuses a resume that cannot be exact."""
+    if not path.exists():
+        return None
+    try:
+        raw = checkpoint.load(path)
+        if raw.get("fingerprint") != fingerprint:
+            old = raw.get("fingerprint") if isinstance(raw.get("fingerprint"), dict) else {}
+            differ = ", ".join(k for k in fingerprint if old.get(k) != fingerprint[k])
+            log(f"ignoring resume checkpoint {path}: made for recipe {old.get('recipe_name')!r} seed "
+                f"{old.get('seed')} with other settings ({differ}); this run is recipe "
+                f"{fingerprint['recipe_name']!r} seed {fingerprint['seed']}")
+            return None
+        state = ResumeState.from_dict(raw, path)
+    except CheckpointError as e:  # torn, foreign or incomplete: keep it for inspection, start over
+        aside = set_aside(path)
+        log(f"ignoring resume checkpoint {path} (moved to {aside.name}): {e}")
+        return None
+    if state.complete:
+        if state.arithmetic.get("training_code") == now["training_code"]:
+            return state
+        log(f"{path} is from a finished run of other training code: training again from scratch")
+        return None
+    changed = "; ".join(f"{k} {_show(state.arithmetic.get(k))!r} -> {_show(v)!r}"
+                        for k, v in now.items() if state.arithmetic.get(k) != v)
+    if changed and deterministic:
+        raise CheckpointError(f"{path}: this deterministic run cannot resume exactly here ({changed}); "
+                              f"resume it where it started, or delete {path} to train again from scratch")
+    if changed:
+        log(f"resuming with other arithmetic ({changed}): not bit-identical to an uninterrupted run")
+    return state
+
+
 DIVERGED = "diverged.json"
 
 
-def refuse_if_diverged(path: Path, fingerprint: dict) -> None:
+def refuse_if_diverged(path: Path, fingerprint: dict, log) -> None:
     """Fail at once if this very run (same recipe, seed, ...) diverged before; forget other runs'."""
     if not path.exists():
         return
-    record = read_json(path)
-    if record.get("fingerprint") == fingerprint:
-        raise Diverged(f"{record['message']} (in an earlier attempt, recorded in {path}; change the recipe "
+    try:
+        record = read_json(path)
+        same, message = record["fingerprint"] == fingerprint, str(record["message"])
+    except (OutputError, KeyError, TypeError) as e:
+        aside = set_aside(path)
+        log(f"ignoring {path} (moved to {aside.name}): not a divergence record ({e})")
+        return
+    if same:
+        raise Diverged(f"{message} (in an earlier attempt, recorded in {path}; change the recipe "
                        "or delete that file to try again)")
     path.unlink()
 
 
-def find_resume(path: Path, fingerprint: dict, log) -> dict | None:
-    """The resume state in ``path`` if it belongs to this run and is unfinished, else None."""
-    if not path.exists():
-        return None
+def check_out_dir(out_dir: Path, num_classes: int, width: int) -> None:
+    """Fail before training, not at the first checkpoint, if the run folder is read-only or full."""
+    ensure_dir(out_dir)
     try:
-        state = checkpoint.load(path)
-    except CheckpointError as e:  # torn or foreign: keep it aside for inspection, start over
-        aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
-        os.replace(path, aside)
-        log(f"ignoring resume checkpoint {path} (moved to {aside.name}): {e}")
-        return None
-    if state.get("fingerprint") != fingerprint:
-        old = state.get("fingerprint") or {}
-        log(f"ignoring resume checkpoint {path}: made for recipe {old.get('recipe_name')!r} seed "
-            f"{old.get('seed')} with other settings; this run is recipe {fingerprint['recipe_name']!r} "
-            f"seed {fingerprint['seed']}")
-        return None
-    if state.get("complete"):
-        log(f"{path} is from a finished run: training again from scratch")
-        return None
-    return state
+        with tempfile.TemporaryFile(dir=out_dir) as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise OutputError(f"cannot write in {out_dir}: {e.strerror or e}") from e
+    with torch.device("meta"):
+        model_bytes = 4 * count_parameters(resnet18(num_classes, width))
+    need, free = CHECKPOINT_MODEL_SIZES * model_bytes, shutil.disk_usage(out_dir).free
+    if free < need:
+        raise OutputError(f"{out_dir} has {free / 2**20:.0f} MiB free; this run's checkpoints need about "
+                          f"{need / 2**20:.0f} MiB")
 
 
-def train(ds: Dataset, spec: RunSpec, out_dir, device=None, log=print) -> dict:
-    """Train one (recipe, seed) run into ``out_dir``; returns the selected checkpoint's metrics."""
-    out_dir = Path(out_dir)
+# --- one run ----------------------------------------------------------------------------------
+
+@dataclass
+class Parts:
+    """What one run trains with, built once."""
+
+    model: nn.Module
+    net: nn.Module  # the model, compiled or not
+    opt: torch.optim.Optimizer
+    sched: object
+    sched_per_step: bool
+    criterion: nn.Module
+    amp: object
+    train: DeviceSplit
+    test: DeviceSplit
+    val: DeviceSplit | None
+    steps: int  # per epoch
+    channels_last: bool
+
+
+def build(ds: Dataset, spec: RunSpec, device: torch.device, precision: str) -> Parts:
     r = spec.recipe
-    device = pick_device(device)
-    cuda = device.type == "cuda"
-    seed_everything(spec.seed, spec.deterministic)
-    amp = autocast_for(device, resolve_precision(device, spec.precision, log))
-
+    seed_everything(spec.init_seed, spec.deterministic)
     train_idx, val_idx = np.arange(len(ds.train)), None
     if spec.selection == "best_val":
         train_idx, val_idx = val_split_indices(ds.train.labels, spec.val_size)
-    train_split = DeviceSplit(ds.train.images[train_idx], ds.train.labels[train_idx], device)
-    test_split = DeviceSplit(ds.test.images, ds.test.labels, device)
-    val_split = None if val_idx is None else DeviceSplit(ds.train.images[val_idx], ds.train.labels[val_idx], device)
-
+    split = lambda s, idx: DeviceSplit(s.images[idx], s.labels[idx], device)  # noqa: E731
+    train = split(ds.train, train_idx)
+    val = None if val_idx is None else split(ds.train, val_idx)
+    channels_last = device.type == "cuda"
     model = resnet18(ds.num_classes, r["width"]).to(device)
-    if cuda:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    steps = num_batches(len(train_split), r["batch_size"])
+    steps = num_batches(len(train), r["batch_size"])
     opt = make_optimizer(model, r, device)
     sched, per_step = make_scheduler(opt, r, steps)
-    criterion = nn.CrossEntropyLoss(label_smoothing=r["label_smoothing"])
-    # dynamic=False: the partial last batch and eval batches compile once each, as static graphs.
-    net = torch.compile(model, dynamic=False) if spec.compile else model
+    net = compile_model(model, device) if spec.compile else model
+    return Parts(model, net, opt, sched, per_step, nn.CrossEntropyLoss(label_smoothing=r["label_smoothing"]),
+                 autocast_for(device, precision), train, DeviceSplit(ds.test.images, ds.test.labels, device),
+                 val, steps, channels_last)
 
-    fingerprint = spec.fingerprint(ds.num_classes, device)
-    last_path = out_dir / "last.pt"
-    remove_stale_temps(out_dir)  # of an attempt killed while saving (SIGKILL, node failure)
-    history, best = [], {"score": -1.0, "epoch": 0, "state_dict": None, "metrics": {}}
-    epoch0, step0, partial = 1, 0, None
-    state = find_resume(last_path, fingerprint, log)
-    if state is not None:
-        model.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history, best = state["history"], state["best"]
-        epoch0, step0, partial = state["position"]["epoch"], state["position"]["step"], state["partial"]
-        _set_rng_state(state["rng"])
-        log(f"resuming from {last_path}: epoch {epoch0}, step {step0}")
 
-    def run_meta(epoch: int) -> dict:
-        return {"model_args": {"num_classes": ds.num_classes, "width": r["width"]},
-                "recipe": r, "recipe_name": spec.recipe_name, "seed": spec.seed,
-                "selection": spec.selection, "epoch": epoch, "fine_names": ds.fine_names,
-                "coarse_names": ds.coarse_names or [], "versions": checkpoint.versions()}
+def restore(p: Parts, state: ResumeState, device: torch.device) -> None:
+    p.model.load_state_dict(state.state_dict)
+    p.opt.load_state_dict(state.optimizer)
+    for group in p.opt.param_groups:  # the saving attempt may have run on another device
+        group.update(optimizer_impl(device))
+    p.sched.load_state_dict(state.scheduler)
+    set_rng_state(state.rng)
 
-    def save_resume(epoch: int, step: int, acc: dict | None, complete=False) -> None:
-        checkpoint.save(last_path, {
-            **run_meta(epoch - 1 if step == 0 else epoch), "state_dict": model.state_dict(),
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
-            "best": best, "position": {"epoch": epoch, "step": step}, "partial": acc,
-            "rng": _to_python(_rng_state()), "fingerprint": fingerprint, "complete": complete})
 
-    refuse_if_diverged(out_dir / DIVERGED, fingerprint)
-    try:
-        with StopFlag() as stop:
-            for epoch in range(epoch0, r["epochs"] + 1):
-                acc = partial or {"loss_sum": 0.0, "correct": 0, "count": 0, "seconds": 0.0,
-                                  "lr": opt.param_groups[0]["lr"]}
-                lr = acc["lr"]  # the epoch's starting lr, also when resuming mid-epoch (onecycle moves it per step)
-                partial = None
-                stats = EpochStats(device, acc["loss_sum"], acc["correct"], acc["count"])
-                t0 = time.perf_counter()
-                bar = Progress(steps)
-                model.train()
-                for step, x, y in train_batches(train_split, r["batch_size"], spec.seed, epoch, step0, cuda):
-                    train_step(net, opt, criterion, amp, x, y, step, stats)
-                    if per_step:
-                        sched.step()
-                    check_finite(stats, epoch, step, steps, cuda, last_path)
-                    bar.update(step + 1, epoch)
-                    if stop.signum:
-                        bar.close()
-                        check_finite(stats, epoch, step, steps, cuda, last_path, force=True)
-                        save_resume(epoch, step + 1, {**stats.read(), "lr": lr,
-                                                      "seconds": acc["seconds"] + time.perf_counter() - t0})
-                        raise Preempted(stop.signum)
-                bar.close()
-                step0 = 0
-                if not per_step:
-                    sched.step()
-                seconds = acc["seconds"] + time.perf_counter() - t0
-                test_loss, test_acc = evaluate(net, test_split, amp, cuda)
-                total = stats.read()
-                count = total["count"]
-                row = {"epoch": epoch, "lr": lr, "train_loss": total["loss_sum"] / count,
-                       "train_acc": total["correct"] / count, "test_loss": test_loss, "test_acc": test_acc,
-                       "val_loss": "", "val_acc": "", "seconds": round(seconds, 3),
-                       "images_per_s": round(count / max(seconds, 1e-9), 1)}
-                if val_split is not None:
-                    row["val_loss"], row["val_acc"] = evaluate(net, val_split, amp, cuda)
-                history.append(row)
-                score = {"best_test": test_acc, "best_val": row["val_acc"], "last": epoch}[spec.selection]
-                if score > best["score"]:
-                    best = {"score": score, "epoch": epoch, "metrics": dict(row),
-                            "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
-                save_resume(epoch + 1, 0, None)
-                write_csv(out_dir / "history.csv", history, HISTORY_FIELDS)
-                log(f"epoch {epoch}/{r['epochs']} lr {lr:.4g} train loss {row['train_loss']:.4f} "
-                    f"acc {row['train_acc']:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} | "
-                    f"{seconds:.1f}s {row['images_per_s']:.0f} img/s")
-                if stop.signum:
-                    raise Preempted(stop.signum)
-    except Diverged as e:  # remembered, so that Snakemake's retries do not diverge again and again
-        write_json(out_dir / DIVERGED, {"fingerprint": fingerprint, "message": str(e)})
-        raise
-    # Also here: a run resumed after its last epoch (killed while saving) has no loop iteration left.
-    write_csv(out_dir / "history.csv", history, HISTORY_FIELDS)
-    checkpoint.save(out_dir / "model.pt", {**run_meta(best["epoch"]), "state_dict": best["state_dict"],
-                                           "metrics": best["metrics"]})
-    save_resume(r["epochs"] + 1, 0, None, complete=True)
+def train_epoch(p: Parts, spec: RunSpec, epoch: int, state: ResumeState, stop: StopFlag, where):
+    """Train ``epoch`` from ``state.step`` on. Returns the epoch's totals and, when a signal
+    stopped it, the step to resume at (else None)."""
+    so_far = state.epoch_so_far or {"loss_sum": 0.0, "correct": 0, "count": 0, "seconds": 0.0,
+                                    "lr": p.opt.param_groups[0]["lr"]}  # onecycle moves lr per step
+    cuda = p.train.device.type == "cuda"
+    stats = EpochStats(p.train.device, so_far["loss_sum"], so_far["correct"], so_far["count"])
+    t0, bar, stopped_at = time.perf_counter(), Progress(p.steps), None
+    p.model.train()
+    for step, x, y in train_batches(p.train, spec.recipe["batch_size"], spec.plan_seed, epoch, state.step,
+                                    channels_last=p.channels_last):
+        train_step(p.net, p.opt, p.criterion, p.amp, x, y, step, stats)
+        if p.sched_per_step:
+            p.sched.step()
+        check_finite(stats, epoch, step, p.steps, cuda, where)
+        bar.update(step + 1, epoch)
+        if stop.signum:
+            check_finite(stats, epoch, step, p.steps, cuda, where, force=True)  # before any checkpoint
+            stopped_at = step + 1
+            break
+    bar.close()
+    if stopped_at is None and not p.sched_per_step:
+        p.sched.step()
+    return {**stats.read(), "lr": so_far["lr"], "seconds": so_far["seconds"] + time.perf_counter() - t0}, stopped_at
+
+
+def epoch_row(p: Parts, epoch: int, totals: dict) -> dict:
+    """The epoch's history row: training totals, test (and validation) loss and accuracy."""
+    test_loss, test_acc = evaluate(p.net, p.test, p.amp, channels_last=p.channels_last)
+    count, seconds = totals["count"], totals["seconds"]
+    row = {"epoch": epoch, "lr": totals["lr"], "train_loss": totals["loss_sum"] / count,
+           "train_acc": totals["correct"] / count, "test_loss": test_loss, "test_acc": test_acc,
+           "val_loss": "", "val_acc": "", "seconds": round(seconds, 3),
+           "images_per_s": round(count / max(seconds, 1e-9), 1)}
+    if p.val is not None:
+        row["val_loss"], row["val_acc"] = evaluate(p.net, p.val, p.amp, channels_last=p.channels_last)
+    return row
+
+
+def run_meta(ds: Dataset, spec: RunSpec, epoch: int, prov: dict) -> dict:
+    """What model.pt and last.pt say about the run besides the weights."""
+    return {"model_args": {"num_classes": ds.num_classes, "width": spec.recipe["width"]},
+            "recipe": spec.recipe, "recipe_name": spec.recipe_name, "seed": spec.seed,
+            "selection": spec.selection, "epoch": epoch, "fine_names": ds.fine_names,
+            "coarse_names": ds.coarse_names or [], "run_spec": asdict(spec), "provenance": prov,
+            "versions": (prov or {}).get("versions") or checkpoint.versions()}
+
+
+def write_outputs(model_path: Path, history_path: Path, ds: Dataset, spec: RunSpec, state: ResumeState,
+                  log) -> dict:
+    """history.csv and model.pt (the selected epoch) from a complete state."""
+    best = state.best
+    write_csv(history_path, state.history, HISTORY_FIELDS)
+    checkpoint.save(model_path, {**run_meta(ds, spec, best["epoch"], state.provenance),
+                                           "state_dict": best["state_dict"], "metrics": best["metrics"]})
     log(f"selected epoch {best['epoch']} by {spec.selection}: test acc {best['metrics']['test_acc']:.4f}")
     return best["metrics"]
+
+
+def train(ds: Dataset, spec: RunSpec, out_dir, device=None, log=print, *, model_path=None,
+          history_path=None) -> dict:
+    """Train one (recipe, seed) run; returns the selected checkpoint's metrics. ``out_dir`` holds
+    last.pt; model.pt and history.csv go there too unless ``model_path``/``history_path`` say otherwise."""
+    out_dir, device, epochs = Path(out_dir), pick_device(device), spec.recipe["epochs"]
+    model_path = Path(model_path or out_dir / "model.pt")
+    history_path = Path(history_path or out_dir / "history.csv")
+    last_path, fingerprint = out_dir / "last.pt", spec.fingerprint(ds.num_classes)
+    check_out_dir(out_dir, ds.num_classes, spec.recipe["width"])
+    remove_stale_temps(out_dir)  # of an attempt killed while saving (SIGKILL, node failure)
+    refuse_if_diverged(out_dir / DIVERGED, fingerprint, log)
+    with numerics(spec, device, log) as precision, StopFlag() as stop:
+        now = arithmetic(device, precision)
+        state = find_resume(last_path, fingerprint, now, spec.deterministic, log)
+        if state is not None and state.complete:
+            log(f"{last_path} holds this run, finished: rebuilding model.pt and history.csv from it, no training")
+            return write_outputs(model_path, history_path, ds, spec, state, log)
+        p = build(ds, spec, device, precision)
+        if state is None:
+            state = ResumeState.fresh(fingerprint, now, provenance(device))
+        else:
+            restore(p, state, device)
+            state.arithmetic, state.provenance = now, provenance(device)
+            log(f"resuming from {last_path}: epoch {state.epoch}, step {state.step}")
+
+        def save() -> None:
+            state.state_dict, state.optimizer = p.model.state_dict(), p.opt.state_dict()
+            state.scheduler, state.rng = p.sched.state_dict(), rng_state()
+            epoch_done = state.epoch - 1 if state.step == 0 else state.epoch
+            checkpoint.save(last_path, {**run_meta(ds, spec, epoch_done, state.provenance), **state.to_dict()})
+
+        try:
+            for epoch in range(state.epoch, epochs + 1):
+                totals, stopped_at = train_epoch(p, spec, epoch, state, stop, last_path)
+                if stopped_at is not None:
+                    state.step, state.epoch_so_far = stopped_at, totals
+                    save()
+                    raise Preempted(stop.signum)
+                row = epoch_row(p, epoch, totals)
+                state.history.append(row)
+                score = {"best_test": row["test_acc"], "best_val": row["val_acc"], "last": epoch}[spec.selection]
+                if score > state.best["score"]:
+                    state.best = {"score": score, "epoch": epoch, "metrics": dict(row), "state_dict":
+                                  {k: v.detach().to("cpu", copy=True) for k, v in p.model.state_dict().items()}}
+                state.epoch, state.step, state.epoch_so_far, state.complete = epoch + 1, 0, None, epoch == epochs
+                save()
+                write_csv(history_path, state.history, HISTORY_FIELDS)
+                log(f"epoch {epoch}/{epochs} lr {row['lr']:.4g} train loss {row['train_loss']:.4f} "
+                    f"acc {row['train_acc']:.4f} | test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f} | "
+                    f"{row['seconds']:.1f}s {row['images_per_s']:.0f} img/s")
+                if stop.signum and not state.complete:
+                    raise Preempted(stop.signum)
+        except Diverged as e:  # remembered, so that Snakemake's retries do not diverge again and again
+            write_json(out_dir / DIVERGED, {"fingerprint": fingerprint, "message": str(e)})
+            raise
+        if not state.complete:  # resumed after its last epoch was saved, before it was marked complete
+            state.complete = True
+            save()
+        # A signal from here on finds the run finished: the outputs follow in a second; exit 0.
+        return write_outputs(model_path, history_path, ds, spec, state, log)

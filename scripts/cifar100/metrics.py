@@ -147,6 +147,48 @@ def best_and_worst(accuracy: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.nd
     return best, worst
 
 
+def _cut_tie(accuracy: np.ndarray, valid: np.ndarray, shown: np.ndarray) -> dict | None:
+    """How many classes share the accuracy of the last one shown, when some of them are not shown."""
+    if len(shown) == 0:
+        return None
+    value = accuracy[shown[-1]]
+    tied = int((accuracy[valid] == value).sum())
+    in_shown = int((accuracy[shown] == value).sum())
+    return {"value": float(value), "tied": tied, "shown": in_shown} if tied > in_shown else None
+
+
+def extreme_classes(accuracy: np.ndarray, n: int = 10) -> dict:
+    """The ``n`` most and least accurate classes for a figure: no class in both, ties stated.
+
+    Unlike ``best_and_worst`` the two lists never share a class: with fewer than 2n classes
+    (nan skipped) each side gets half of them, the middle class left out when their number is
+    odd. Ties are broken by class index, and ``best_tie``/``worst_tie`` say when that choice
+    mattered: {"value", "tied": classes at the value of the last one shown, "shown": how many of
+    them are shown}, or None when every class at that value is shown.
+    Returns {"best", "worst", "best_tie", "worst_tie", "n_classes": classes with an accuracy}.
+    """
+    valid = np.flatnonzero(~np.isnan(accuracy))
+    k = min(n, len(valid) // 2) if len(valid) > 1 else len(valid)
+    best = valid[np.argsort(-accuracy[valid], kind="stable")][:k]
+    rest = np.setdiff1d(valid, best)  # worst from the others: with ties a class could otherwise be both
+    worst = rest[np.argsort(accuracy[rest], kind="stable")][:k]
+    return {"best": best, "worst": worst, "best_tie": _cut_tie(accuracy, valid, best),
+            "worst_tie": _cut_tie(accuracy, valid, worst), "n_classes": int(len(valid))}
+
+
+def classes_at_extremes(accuracy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every class at the highest and every class at the lowest accuracy (nan skipped), by index.
+
+    The notebook reports one "best class" and one "worst class"; with ties (several classes at
+    1.00 on an easy run) naming them all is the honest answer.
+    """
+    valid = np.flatnonzero(~np.isnan(accuracy))
+    if len(valid) == 0:
+        return valid, valid
+    return (valid[accuracy[valid] == accuracy[valid].max()],
+            valid[accuracy[valid] == accuracy[valid].min()])
+
+
 # ---------------------------------------------------------------------------------------------
 # Superclasses
 
@@ -224,6 +266,22 @@ def confidence_split(confidence: np.ndarray, correct: np.ndarray) -> dict:
         "confidence_gap_correct_minus_wrong": mean(confidence[correct]) - mean(confidence[~correct]),
         "overconfidence_gap": mean(confidence) - mean(correct.astype(np.float64)),
     }
+
+
+def correlation_summary(rho) -> dict:
+    """Summary of per-image correlations (the Grad-CAM randomisation check), NaN entries dropped.
+
+    A map that is blank (constant) in either model has no rank correlation: ``n_dropped`` counts
+    those. ``mean`` lets a +0.6 and a -0.6 cancel to 0, which would read as "the maps changed";
+    ``mean_abs`` and ``median`` cannot be fooled that way, so they are reported beside it.
+    """
+    rho = np.asarray(rho, dtype=np.float64)
+    used = rho[np.isfinite(rho)]
+    out = {"n_images": int(len(rho)), "n_used": int(len(used)), "n_dropped": int(len(rho) - len(used))}
+    if len(used) == 0:
+        return {**out, **dict.fromkeys(("mean", "mean_abs", "median", "min", "max"), float("nan"))}
+    return {**out, "mean": float(used.mean()), "mean_abs": float(np.abs(used).mean()),
+            "median": float(np.median(used)), "min": float(used.min()), "max": float(used.max())}
 
 
 def most_confident_errors(confidence: np.ndarray, correct: np.ndarray, n: int) -> np.ndarray:

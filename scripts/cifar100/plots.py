@@ -10,14 +10,27 @@ import matplotlib
 matplotlib.use("Agg")  # headless: cluster nodes and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .files import atomic_path  # noqa: E402
 
+matplotlib.rcParams.update({
+    # Class names are data: "$" in one must print as "$", not start mathtext (or crash on "a$b").
+    "text.parse_math": False,
+    # SVG/PDF keep text as text: searchable, zoomable, and a test can find every class name in it.
+    "svg.fonttype": "none",
+    "pdf.fonttype": 42,
+    "svg.hashsalt": "cifar100",  # stable ids: the same figure gives the same file
+})
+
 
 def save(fig, path, dpi: int = 120) -> None:
-    """Write ``fig`` to ``path`` (format from the suffix) via a temp file, then close it."""
+    """Write ``fig`` to ``path`` (format from the suffix: png, svg, pdf) via a temp file, then close it."""
+    fmt = str(path).rsplit(".", 1)[-1].lower()
+    # No creation date in vector files, so an unchanged figure is an unchanged file.
+    metadata = {"Date": None} if fmt in ("svg", "pdf") else None
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=str(path).rsplit(".", 1)[-1])
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt, metadata=metadata)
     plt.close(fig)
 
 
@@ -67,34 +80,62 @@ def _note(ax, text: str, title: str) -> None:
     ax.set_yticks([])
 
 
-def confusion_heatmap(matrix: np.ndarray, class_names: list[str], order=None, groups=None, ax=None,
-                      max_labels: int = 50, title: str = "Confusion matrix (row-normalised)"):
-    """Row-normalised confusion matrix as an image: no cell values, at most ``max_labels`` ticks.
+def _name_width(names, fontsize: float) -> float:
+    """Rough width in inches of the longest of ``names`` at ``fontsize`` points (0.6 em a character)."""
+    return max((len(str(x)) for x in names), default=0) * fontsize * 0.6 / 72
+
+
+def confusion_heatmap(matrix: np.ndarray, class_names: list[str], order=None, groups=None, group_names=None,
+                      ax=None, max_labels: int | None = None, title: str = "Confusion matrix (row-normalised)"):
+    """Row-normalised confusion matrix as an image: no cell values, every class named by default.
 
     ``order`` lists class indices in display order (``metrics.superclass_order``) and ``groups``
     gives each class's superclass: thin lines then separate superclass blocks, so confusions
-    inside a superclass show as blocks on the diagonal. A square-root colour scale keeps the
-    small off-diagonal shares (about 0.01 on CIFAR-100) visible next to a diagonal near 0.8.
+    inside a superclass show as blocks on the diagonal, and ``group_names`` (superclass names)
+    label the blocks on the top and right edges. ``max_labels`` thins the class names (None: all).
+    The figure grows with the class count (0.16 in a class: names at 7 pt never overlap), and
+    a square-root colour scale keeps the small off-diagonal shares (about 0.01 on CIFAR-100)
+    visible next to a diagonal near 0.8. Save it as .svg too: the matrix stays one pixel a cell
+    and the names stay text, so it zooms without loss.
     """
     from matplotlib.colors import PowerNorm
 
     n = len(class_names)
     order = np.arange(n) if order is None else np.asarray(order)
     m = np.asarray(matrix, dtype=float)[np.ix_(order, order)]
-    fig, ax = _fig_ax(ax, (9, 8) if n > 30 else (6, 5))
-    im = ax.imshow(m, cmap="viridis", norm=PowerNorm(0.5, vmin=0.0, vmax=max(float(m.max()), 1e-12)),
-                   interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="share of the true class")
-    ticks = thinned_ticks(n, max_labels)
     names = [class_names[i] for i in order]
-    fontsize = 8 if len(ticks) <= 20 else 5
+    fontsize = 7 if n > 30 else 9
+    g = None if groups is None else np.asarray(groups)[order]
+    labelled = g is not None and group_names is not None
+    if ax is None:
+        side = max(4.5, 0.16 * n)
+        margin = _name_width(names, fontsize) + 1.0  # class names on the left and bottom
+        extra = _name_width(group_names, fontsize) + 0.3 if labelled else 0.0  # superclass names, top and right
+        fig = plt.figure(figsize=(side + margin + extra + 1.3, side + margin + extra + 0.6), layout="constrained")
+        ax = fig.add_subplot()
+    fig = ax.figure
+    # interpolation="none": PNG and SVG show one flat square per cell (an SVG keeps the 100x100 image
+    # and the viewer enlarges it without smoothing).
+    im = ax.imshow(m, cmap="viridis", norm=PowerNorm(0.5, vmin=0.0, vmax=max(float(m.max()), 1e-12)),
+                   interpolation="none")
+    fig.colorbar(im, ax=ax, fraction=0.046 * min(1.0, 30 / max(n, 1)) + 0.02, pad=0.02,
+                 label="share of the true class (square-root scale)")
+    ticks = thinned_ticks(n, n if max_labels is None else max_labels)
     ax.set_xticks(ticks, [names[t] for t in ticks], rotation=90, fontsize=fontsize)
     ax.set_yticks(ticks, [names[t] for t in ticks], fontsize=fontsize)
-    if groups is not None:
-        g = np.asarray(groups)[order]
-        for b in np.flatnonzero(np.diff(g) != 0) + 0.5:
-            ax.axhline(b, color="white", linewidth=0.4, alpha=0.7)
-            ax.axvline(b, color="white", linewidth=0.4, alpha=0.7)
+    if g is not None:
+        starts = np.r_[0, np.flatnonzero(np.diff(g) != 0) + 1]
+        for b in starts[1:] - 0.5:
+            ax.axhline(b, color="white", linewidth=0.6, alpha=0.8)
+            ax.axvline(b, color="white", linewidth=0.6, alpha=0.8)
+        if labelled:
+            centers = (starts + np.r_[starts[1:], n] - 1) / 2
+            labels = [str(group_names[g[s0]]) for s0 in starts]
+            top, right = ax.secondary_xaxis("top"), ax.secondary_yaxis("right")
+            top.set_xticks(centers, labels, rotation=90, fontsize=fontsize, fontweight="bold")
+            right.set_yticks(centers, labels, fontsize=fontsize, fontweight="bold")
+            top.set_xlabel("superclass")
+            right.set_ylabel("superclass")
         title += ", grouped by superclass"
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -102,29 +143,51 @@ def confusion_heatmap(matrix: np.ndarray, class_names: list[str], order=None, gr
     return fig
 
 
-def class_extremes(accuracy: np.ndarray, class_names: list[str], best, worst, axes=None):
+def _tie_note(tie: dict | None) -> str:
+    """One line under a panel when a tie at its cut decided which classes are shown."""
+    if not tie:
+        return ""
+    return f"hatched: {tie['tied']} classes share {tie['value']:.2f}, {tie['shown']} shown (lowest class index first)"
+
+
+def class_extremes(accuracy: np.ndarray, class_names: list[str], best, worst, axes=None, ties: dict | None = None,
+                   n_classes: int | None = None):
     """Two bar charts: the most accurate classes (``best``) and the least accurate (``worst``).
 
-    ``best``/``worst`` are class indices from ``metrics.best_and_worst``, drawn top to bottom.
-    ``axes`` is an optional pair of axes.
+    ``best``/``worst`` are class indices from ``metrics.extreme_classes`` (disjoint), drawn top to
+    bottom; ``ties`` its {"best_tie", "worst_tie"}: a note under a panel then says how many classes
+    share the value at its cut, and bars tied with classes left out are hatched. ``n_classes``
+    (classes with an accuracy) goes into the titles. ``axes`` is an optional pair of axes.
     """
+    ties = ties or {}
     if axes is None:
         rows = max(len(best), len(worst), 1)
-        fig, axes = plt.subplots(1, 2, figsize=(11, 0.32 * rows + 1.6), sharex=True)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 0.3 * rows + 2.0), sharex=True)
     fig = axes[0].figure
-    for ax, idx, color, title in ((axes[0], best, CORRECT_COLOR, f"{len(best)} most accurate classes"),
-                                  (axes[1], worst, WRONG_COLOR, f"{len(worst)} least accurate classes")):
+    of = f" of {n_classes}" if n_classes else ""
+    panels = ((axes[0], best, CORRECT_COLOR, f"{len(best)} most accurate classes{of}", ties.get("best_tie")),
+              (axes[1], worst, WRONG_COLOR, f"{len(worst)} least accurate classes{of}", ties.get("worst_tie")))
+    for ax, idx, color, title, tie in panels:
         idx = np.asarray(idx, dtype=int)
         y = np.arange(len(idx))
         bars = ax.barh(y, accuracy[idx], color=color)
-        ax.bar_label(bars, fmt="%.2f", padding=2, fontsize=7)
-        ax.set_yticks(y, [class_names[i] for i in idx], fontsize=8)
+        if tie:
+            for bar, i in zip(bars, idx):
+                if accuracy[i] == tie["value"]:
+                    bar.set_hatch("///")
+                    bar.set_edgecolor("white")
+        ax.bar_label(bars, fmt="%.2f", padding=2, fontsize=8)
+        ax.set_yticks(y, [class_names[i] for i in idx], fontsize=9)
         ax.invert_yaxis()  # first listed at the top
-        ax.set_xlim(0, 1.1)
-        ax.set_xlabel("test accuracy")
+        ax.set_xlim(0, 1.12)
+        ax.set_xlabel("test accuracy (share of the class's test images)")
         ax.set_title(title)
+        note = _tie_note(tie)
+        if note:
+            ax.text(0.0, -0.1 - 0.6 / max(len(idx), 1), note, transform=ax.transAxes, ha="left",
+                    va="top", fontsize=8, style="italic")
     axes[0].set_ylabel("class")
-    fig.suptitle("Per-class accuracy: best and worst classes")
+    fig.suptitle("Per-class accuracy: best and worst classes (ties broken by class index)")
     fig.tight_layout()
     return fig
 
@@ -213,9 +276,15 @@ def confidence_histogram(conf_correct, conf_wrong, bins: int = 20, ax=None):
 def reliability_diagram(calib: dict, ax=None, count_ax=None):
     """Accuracy per confidence bin against the diagonal, from ``metrics.calibration``.
 
-    Bars show each bin's accuracy; red hatched bars the gap to its mean confidence. Without
-    ``ax`` a second, smaller panel below shows how many predictions fall in each bin.
+    Blue bars reach each bin's accuracy. The gap to the bin's mean confidence (the height on the
+    diagonal the bar should reach; each bin's term of the ECE) is a hatched band from the accuracy
+    to that confidence: red on white above the bar when the bin is overconfident, white on the
+    blue top of the bar when it is underconfident, so the blue always reaches the accuracy and
+    each band looks as its legend entry. A black tick marks each bin's mean confidence. Without
+    ``ax`` a second panel below shows how many predictions fall in each bin.
     """
+    from matplotlib.patches import Patch
+
     if ax is None:
         fig, (ax, count_ax) = plt.subplots(2, 1, figsize=(6, 7), sharex=True,
                                            gridspec_kw={"height_ratios": [3, 1]})
@@ -225,21 +294,38 @@ def reliability_diagram(calib: dict, ax=None, count_ax=None):
     centers = left + width / 2
     acc = np.nan_to_num(np.asarray(calib["accuracy"], dtype=float))
     conf = np.asarray(calib["confidence"], dtype=float)
-    filled = np.asarray(calib["count"]) > 0
+    count = np.asarray(calib["count"])
+    filled = count > 0
     ax.bar(centers[filled], acc[filled], width=width[filled], color="tab:blue", edgecolor="black",
-           linewidth=0.5, label="accuracy")
-    ax.bar(centers[filled], (conf - acc)[filled], bottom=acc[filled], width=width[filled],
-           color=WRONG_COLOR, alpha=0.3, edgecolor=WRONG_COLOR, hatch="//", linewidth=0.5,
-           label="gap to confidence")
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+           linewidth=0.5, label="accuracy", zorder=2)
+    over = filled & (conf > acc)
+    under = filled & (conf < acc)
+    handles = [Patch(facecolor="tab:blue", edgecolor="black", linewidth=0.5, label="accuracy")]
+    # Overconfident: red hatching on white above the bar. Underconfident: white hatching on the
+    # blue top of the bar, outlined in red; each style has its own legend entry.
+    for mask, hatch_color, face, label in ((over, WRONG_COLOR, "none", "gap, overconfident bin"),
+                                           (under, "white", "none", "gap, underconfident bin")):
+        if mask.any():
+            lo, hi = np.minimum(acc, conf)[mask], np.maximum(acc, conf)[mask]
+            ax.bar(centers[mask], hi - lo, bottom=lo, width=width[mask], facecolor=face, edgecolor=WRONG_COLOR,
+                   hatchcolor=hatch_color, hatch="///", linewidth=1.0, zorder=3)
+            handles.append(Patch(facecolor="tab:blue" if hatch_color == "white" else "none", edgecolor=WRONG_COLOR,
+                                 hatchcolor=hatch_color, hatch="///", label=label))
+    ax.hlines(conf[filled], left[filled], left[filled] + width[filled], color="black", linewidth=1.5, zorder=4)
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, zorder=5)
+    handles += [plt.Line2D([], [], color="black", linewidth=1.5, label="mean confidence of the bin"),
+                plt.Line2D([], [], color="black", linestyle="--", linewidth=1, label="perfect calibration")]
+    ax.legend(handles=handles, loc="upper left", fontsize=8)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability diagram (ECE {calib['ece']:.4f}, {calib['n_bins']} bins)")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"Reliability diagram (ECE {calib['ece']:.4f}, {calib['n_bins']} equal-width bins)")
     last = ax
     if count_ax is not None:
-        count_ax.bar(centers, calib["count"], width=width, color="0.5", edgecolor="black", linewidth=0.5)
+        bars = count_ax.bar(centers, count, width=width, color="0.6", edgecolor="black", linewidth=0.5)
+        if len(count) <= 20:  # the numbers, where they fit
+            count_ax.bar_label(bars, labels=[str(c) if c else "" for c in count], fontsize=7, padding=1)
+        count_ax.set_ylim(0, max(1, count.max()) * 1.2)
         count_ax.set_ylabel("predictions")
         count_ax.set_title("Predictions per confidence bin", fontsize=9)
         last = count_ax
@@ -248,10 +334,29 @@ def reliability_diagram(calib: dict, ax=None, count_ax=None):
     return fig
 
 
-def training_curves(history: dict, axes=None):
+def _integer_epochs(ax) -> None:
+    """Epoch ticks on whole numbers only (a 3-epoch run otherwise gets 1.5, 2.5)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _lr_ticks(ax, lr: np.ndarray) -> None:
+    """Ticks at the learning rates used when there are few (a step schedule), written in full."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    used = np.unique(lr[np.isfinite(lr)])
+    if 0 < len(used) <= 8:
+        ax.yaxis.set_major_locator(FixedLocator(used))
+        ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def training_curves(history: dict, axes=None, selected: dict | None = None):
     """Loss, accuracy and learning rate per epoch from history.csv columns (nan = not recorded).
 
     ``history`` maps column names to float arrays; val_* curves are drawn only when recorded.
+    The learning rate of epoch e (history's lr: its value when the epoch starts) is drawn as a
+    step over [e - 1, e], so a step schedule shows as steps, with ticks at the values used.
+    ``selected`` ({"epoch", "rule"}, from metrics.json) marks the evaluated epoch on every panel.
     ``axes`` is an optional triple of axes.
     """
     if axes is None:
@@ -264,19 +369,25 @@ def training_curves(history: dict, axes=None):
             y = np.asarray(history.get(f"{split}_{metric}", []), dtype=float)
             if len(y) and np.isfinite(y).any():
                 ax.plot(epoch, y, label=split, **style)
-        ax.set_xlabel("epoch")
         ax.set_ylabel(name.lower())
         ax.set_title(f"{name} per epoch")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
     lr = np.asarray(history["lr"], dtype=float)
-    axes[2].plot(epoch, lr, color="tab:purple", **style)
+    if len(epoch):
+        axes[2].stairs(lr, np.r_[epoch[0] - 1, epoch], color="tab:purple", linewidth=1.5, baseline=None)
     if np.all(lr[np.isfinite(lr)] > 0) and np.isfinite(lr).any():
         axes[2].set_yscale("log")  # step and cosine schedules span decades
-    axes[2].set_xlabel("epoch")
-    axes[2].set_ylabel("learning rate")
+    _lr_ticks(axes[2], lr)
+    axes[2].set_ylabel("learning rate (value during the epoch)")
     axes[2].set_title("Learning rate per epoch")
-    axes[2].grid(alpha=0.3)
+    for ax in axes:
+        if selected is not None and selected.get("epoch") is not None:
+            ax.axvline(selected["epoch"], color="0.3", linestyle=":", linewidth=1.5,
+                       label=f"selected: epoch {selected['epoch']} ({selected.get('rule', '')})")
+        ax.set_xlabel("epoch")
+        _integer_epochs(ax)
+        ax.grid(alpha=0.3)
+    for ax in axes[:2]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -284,10 +395,20 @@ def training_curves(history: dict, axes=None):
 # --- Grad-CAM and replicates (gradcam.py, aggregate.py, compare.py) ---------------------------------
 
 
+CAM_SCALE_NOTE = "Grad-CAM, min-max scaled per image: 0 = weakest, 1 = strongest region of that image"
+
+
 def gradcam_pairs(images, overlays, titles, colors=None, title: str = "", note: str = "",
-                  pairs_per_row: int = 4, cell: float = 1.6):
-    """Each image beside its Grad-CAM overlay, ``pairs_per_row`` pairs a row; ``titles[i]`` above
-    image i. With no images the figure holds just ``title`` and ``note``."""
+                  pairs_per_row: int = 4, cell: float = 1.6, randomised=None, randomised_label: str = "randomised",
+                  colorbar: bool = True):
+    """Each image beside its Grad-CAM overlay, ``pairs_per_row`` images a row; ``titles[i]`` above
+    image i. With ``randomised`` (overlays of the same images from the sanity check's randomised
+    model) a third cell shows that map, so the two can be compared image by image. ``colorbar``
+    adds the JET scale with what it means (``CAM_SCALE_NOTE``: each map is min-max scaled on its
+    own). With no images the figure holds just ``title`` and ``note``."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     n = len(images)
     if n == 0:
         fig, ax = plt.subplots(figsize=(2 * pairs_per_row * cell * 0.6, 1.4))
@@ -297,30 +418,54 @@ def gradcam_pairs(images, overlays, titles, colors=None, title: str = "", note: 
             fig.suptitle(title, fontsize=10)
         return fig
     colors = colors or ["black"] * n
-    per_row = min(pairs_per_row, n)
-    fig, axes = grid(2 * n, 2 * per_row, cell=cell)
+    k = 2 if randomised is None else 3  # cells per image
+    per_row = min(pairs_per_row if k == 2 else max(1, pairs_per_row * 2 // 3), n)
+    fig, axes = grid(k * n, k * per_row, cell=cell)
     width, height = fig.get_size_inches()
-    fig.set_size_inches(width, height + 0.6)  # room for the suptitle above the two-line titles
+    bar = 0.8 if colorbar else 0.0
+    fig.set_size_inches(width, height + 0.6 + bar)  # room for the suptitle and the colour bar
+    total = height + 0.6 + bar
     for i in range(n):
-        show_image(axes[2 * i], images[i], titles[i], colors[i])
-        show_image(axes[2 * i + 1], overlays[i], "Grad-CAM", colors[i])
+        show_image(axes[k * i], images[i], titles[i], colors[i])
+        show_image(axes[k * i + 1], overlays[i], "Grad-CAM", colors[i])
+        if randomised is not None:
+            show_image(axes[k * i + 2], randomised[i], randomised_label, "0.35")
     if title:
-        fig.suptitle(title, fontsize=10, y=1 - 0.12 / (height + 0.6))
+        fig.suptitle(title, fontsize=10, y=1 - 0.12 / total)
+    fig.subplots_adjust(top=1 - 0.75 / total, bottom=(bar + 0.1) / total if colorbar else 0.02, hspace=0.4,
+                        wspace=0.08)
+    if colorbar:
+        cax = fig.add_axes([0.25, 0.45 / total, 0.5, 0.12 / total])  # its label below, the note below that
+        cb = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap="jet"), cax=cax, orientation="horizontal")
+        cb.set_label(CAM_SCALE_NOTE, fontsize=8)
+        cb.ax.tick_params(labelsize=7)
     if note:
         fig.text(0.5, 0.0, note, ha="center", va="top", fontsize=8, style="italic")
-    fig.subplots_adjust(top=1 - 0.75 / (height + 0.6), bottom=0.02, hspace=0.4, wspace=0.08)
     return fig
 
 
-def seeds_curves(curves: dict, mean=None, ylabel: str = "test accuracy", title: str = "", ax=None):
+def seeds_curves(curves: dict, mean=None, ylabel: str = "test accuracy", title: str = "", ax=None,
+                 selected: dict | None = None):
     """One line per seed: ``curves`` maps a label to (epochs, values); ``mean`` an optional
-    (epochs, values) drawn thick on top."""
+    (epochs, values) drawn thick on top; ``selected`` maps a label to the epoch its model was
+    selected at, marked with a star on that seed's line."""
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 4))
-    for label, (epochs, values) in curves.items():
-        ax.plot(epochs, values, lw=1.2, alpha=0.8, marker="o" if len(epochs) <= 20 else None, ms=3, label=label)
+    for i, (label, (epochs, values)) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        ax.plot(epochs, values, lw=1.2, alpha=0.8, marker="o" if len(epochs) <= 20 else None, ms=3, label=label,
+                color=color)
+        at = (selected or {}).get(label)
+        hit = np.flatnonzero(np.asarray(epochs) == at) if at is not None else []
+        if len(hit):
+            ax.plot(epochs[hit[0]], values[hit[0]], marker="*", ms=12, color=color, markeredgecolor="black",
+                    linestyle="none", zorder=5)
     if mean is not None:
         ax.plot(mean[0], mean[1], color="black", lw=2.2, label="mean over seeds")
+    if selected:
+        ax.plot([], [], marker="*", ms=10, color="0.6", markeredgecolor="black", linestyle="none",
+                label="selected epoch")
     ax.set_xlabel("epoch")
+    _integer_epochs(ax)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if curves:
@@ -330,17 +475,20 @@ def seeds_curves(curves: dict, mean=None, ylabel: str = "test accuracy", title: 
 
 
 def recipes_comparison(recipes, summary: dict, points: dict | None = None, labels: dict | None = None,
-                       interval: str = "95% CI"):
+                       interval: str = "95% CI", n_seeds=None, bounds: tuple[float, float] | None = (0.0, 1.0)):
     """One panel per metric: each recipe's mean with its interval as an error bar, seeds as dots.
 
     ``summary[metric]`` has lists "mean", "low", "high" (one entry per recipe; NaN bounds draw no
-    bar); ``points[metric]`` one array of per-seed values per recipe; ``labels`` titles per metric.
+    bar); ``points[metric]`` one array of per-seed values per recipe; ``labels`` titles per metric;
+    ``interval`` names the method in the title; ``n_seeds`` (one per recipe) goes under each
+    recipe's name. The y axis never leaves ``bounds``, the range the metrics can take.
     """
     metrics = list(summary)
     labels = labels or {}
-    fig, axes = plt.subplots(1, len(metrics), figsize=(max(3.0, 0.9 * len(recipes) + 1.8) * len(metrics), 3.6),
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(3.0, 0.9 * len(recipes) + 1.8) * len(metrics), 3.8),
                              squeeze=False)
     x = np.arange(len(recipes))
+    names = list(recipes) if n_seeds is None else [f"{r}\nn={k} seed{'s' * (k != 1)}" for r, k in zip(recipes, n_seeds)]
     for ax, m in zip(axes[0], metrics):
         mean = np.asarray(summary[m]["mean"], dtype=float)
         low = np.asarray(summary[m]["low"], dtype=float)
@@ -349,14 +497,24 @@ def recipes_comparison(recipes, summary: dict, points: dict | None = None, label
         has = np.isfinite(err).all(axis=0)
         ax.errorbar(x[has], mean[has], yerr=err[:, has], fmt="none", ecolor="black", capsize=5, lw=1.5)
         ax.scatter(x, mean, marker="_", s=400, color="black", zorder=3, label="mean")
+        seen = [mean, low[np.isfinite(low)], high[np.isfinite(high)]]
         for i, vals in enumerate((points or {}).get(m, [])):
             vals = np.asarray(vals, dtype=float)
             jitter = np.linspace(-0.12, 0.12, len(vals)) if len(vals) > 1 else np.zeros(len(vals))
-            ax.scatter(x[i] + jitter, vals, s=14, alpha=0.7, color=f"C{i % 10}", zorder=4)
-        ax.set_xticks(x, recipes, rotation=30 if len(recipes) > 3 else 0, ha="right" if len(recipes) > 3 else "center")
+            ax.scatter(x[i] + jitter, vals, s=16, alpha=0.8, color=f"C{i % 10}", edgecolor="black", linewidth=0.3,
+                       zorder=4)
+            seen.append(vals)
+        if bounds is not None:
+            values = np.concatenate([v[np.isfinite(v)] for v in seen])
+            pad = max(0.02, 0.08 * float(np.ptp(values))) if len(values) else 0.02
+            span = bounds[1] - bounds[0]
+            lo = max(bounds[0] - 0.02 * span, float(values.min()) - pad) if len(values) else bounds[0]
+            hi = min(bounds[1] + 0.02 * span, float(values.max()) + pad) if len(values) else bounds[1]
+            ax.set_ylim(lo, hi)
+        ax.set_xticks(x, names, rotation=30 if len(recipes) > 3 else 0, ha="right" if len(recipes) > 3 else "center")
         ax.set_xlim(-0.6, len(recipes) - 0.4)
         ax.set_title(labels.get(m, m), fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"recipes: mean over seeds, {interval} error bars, one dot per seed", fontsize=10)
+    fig.suptitle(f"Recipes: mean over seeds (black bar), {interval} (error bar), one dot per seed", fontsize=10)
     fig.tight_layout()
     return fig

@@ -1,8 +1,12 @@
 """Replicates: one recipe trained with several seeds, summarised as mean, spread and a t interval.
 
 The interval for the mean of n seeds is mean +- t_{n-1, (1+level)/2} * std / sqrt(n), with the
-sample standard deviation (ddof=1). One seed gives a mean but no spread and no interval: those
-fields are left empty (NaN in memory, "" in CSV) and a note says so.
+sample standard deviation (ddof=1), truncated to the range the metric can take (RANGE: [0, 1] for
+all four). Truncation keeps the coverage of the t interval (the true mean lies in the range, so it
+is inside the truncated interval exactly when it is inside the untruncated one) and stops two
+seeds from claiming a top-1 of 1.68; ``ci95_halfwidth`` stays the untruncated t half-width. One
+seed gives a mean but no spread and no interval: those fields are left empty (NaN in memory, ""
+in CSV) and a note says so.
 
 Readers for the per-seed files (summary.json, history.csv, per_class_accuracy.csv) and for
 seeds_summary.csv live here too, so both aggregate.py and compare.py validate input the same way.
@@ -21,23 +25,48 @@ from .exceptions import DataError
 
 METRICS = ("top1", "top5", "macro_f1", "ece")
 LEVEL = 0.95
+RANGE = {m: (0.0, 1.0) for m in METRICS}  # every metric is a share (ECE too): its interval stays inside
 ONE_SEED_NOTE = "one seed: no standard deviation or confidence interval can be given"
 STAT_ROWS = ("mean", "std", "ci95_low", "ci95_high", "ci95_halfwidth")
 SUMMARY_FIELDS = ["row", "recipe", "seed", "n_seeds", *METRICS, "note"]
 
 
-def t_interval(values, level: float = LEVEL) -> dict:
-    """n, mean, sample std and the t interval of the mean of ``values`` (NaN where undefined)."""
+def t_interval(values, level: float = LEVEL, bounds: tuple[float, float] | None = None) -> dict:
+    """n, mean, sample std and the t interval of the mean of ``values`` (NaN where undefined).
+
+    With ``bounds`` (lowest, highest value the metric can take) ``low``/``high`` are truncated to
+    them and ``truncated`` says whether that changed either; ``half`` is always the t half-width.
+    """
     x = np.asarray(values, dtype=float)
     n = len(x)
     if n == 0:
         raise ValueError("no values")
     mean = float(x.mean())
     if n < 2:
-        return {"n": 1, "mean": mean, "std": math.nan, "low": math.nan, "high": math.nan, "half": math.nan}
+        return {"n": 1, "mean": mean, "std": math.nan, "low": math.nan, "high": math.nan, "half": math.nan,
+                "truncated": False}
     std = float(x.std(ddof=1))
     half = float(stats.t.ppf((1 + level) / 2, df=n - 1) * std / math.sqrt(n))
-    return {"n": n, "mean": mean, "std": std, "low": mean - half, "high": mean + half, "half": half}
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"n": n, "mean": mean, "std": std, "low": low, "high": high, "half": half,
+            "truncated": (low, high) != (mean - half, mean + half)}
+
+
+def interval_method(level: float = LEVEL) -> str:
+    """How the intervals are made, in words, for notes, captions and figure titles."""
+    return f"{round(100 * level)}% t interval truncated to [0, 1]"
+
+
+def interval_note(n: int, truncated: list[str], level: float = LEVEL) -> str:
+    """The note beside an interval: method, number of seeds, and which metrics hit the range."""
+    if n < 2:
+        return ONE_SEED_NOTE
+    note = f"{interval_method(level)}, over {n} seeds"
+    if truncated:
+        note += f"; truncated for {', '.join(truncated)}"
+    return note
 
 
 def _cell(v) -> str | float:
@@ -143,8 +172,8 @@ def seeds_summary(summaries: list[dict], level: float = LEVEL) -> list[dict]:
     seeds = sorted(summaries, key=lambda s: s["seed"])
     rows = [{"row": "seed", "recipe": recipe, "seed": s["seed"], "n_seeds": "",
              **{m: s[m] for m in METRICS}, "note": ""} for s in seeds]
-    ti = {m: t_interval([s[m] for s in seeds], level) for m in METRICS}
-    note = ONE_SEED_NOTE if len(seeds) == 1 else f"{round(100 * level)}% t interval over {len(seeds)} seeds"
+    ti = {m: t_interval([s[m] for s in seeds], level, RANGE[m]) for m in METRICS}
+    note = interval_note(len(seeds), [m for m in METRICS if ti[m]["truncated"]], level)
     for name, key in zip(STAT_ROWS, ("mean", "std", "low", "high", "half")):
         rows.append({"row": name, "recipe": recipe, "seed": "", "n_seeds": len(seeds),
                      **{m: _cell(ti[m][key]) for m in METRICS}, "note": note})
@@ -203,7 +232,8 @@ def read_seeds_summary(path) -> dict:
     return {"recipe": recipes.pop(), "n_seeds": len(seed_rows),
             "seeds": [int(_number(r["seed"], path, "seed")) for r in seed_rows],
             "values": {m: [_number(r[m], path, m) for r in seed_rows] for m in METRICS},
-            "stats": {row: {m: opt(row, m) for m in METRICS} for row in STAT_ROWS}}
+            "stats": {row: {m: opt(row, m) for m in METRICS} for row in STAT_ROWS},
+            "note": stat["mean"].get("note") or ""}
 
 
 def recipes_table(recipes: list[dict]) -> list[dict]:
@@ -220,6 +250,9 @@ def recipes_table(recipes: list[dict]) -> list[dict]:
             row.update({f"{m}_mean": s["mean"][m], f"{m}_std": _cell(s["std"][m]),
                         f"{m}_ci95_low": _cell(s["ci95_low"][m]), f"{m}_ci95_high": _cell(s["ci95_high"][m]),
                         f"{m}_ci95_halfwidth": _cell(s["ci95_halfwidth"][m])})
-        row["note"] = ONE_SEED_NOTE if r["n_seeds"] == 1 else ""
+        # seeds_summary.csv's note names the method and any truncation; recomputed if it is absent.
+        truncated = [m for m in METRICS if r["stats"]["ci95_halfwidth"][m] > 0 and (
+            r["stats"]["ci95_high"][m] - r["stats"]["ci95_low"][m] < 2 * r["stats"]["ci95_halfwidth"][m] - 1e-12)]
+        row["note"] = r.get("note") or interval_note(r["n_seeds"], truncated)
         rows.append(row)
     return rows

@@ -1,0 +1,57 @@
+"""Which package modules a script imports, read from its source (for the Snakefile's code inputs).
+
+A rule lists these files as inputs, so editing one reruns exactly the jobs whose script uses it,
+directly or through another module; a new import needs no edit anywhere else.
+"""
+
+import ast
+from pathlib import Path
+
+PACKAGE = "cifar100"
+
+
+def _imported(path: Path, package_dir: Path) -> set[Path]:
+    """Package modules imported by the file at ``path`` (absolute and relative imports)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    in_package = path.parent == package_dir
+    found = set()
+
+    def add(name: str) -> None:
+        module = package_dir / f"{name}.py"
+        if module.is_file():
+            found.add(module)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == PACKAGE:
+                    found.add(package_dir / "__init__.py")
+                    if len(parts) > 1:
+                        add(parts[1])
+        elif isinstance(node, ast.ImportFrom):
+            relative = node.level == 1 and in_package
+            parts = (node.module or "").split(".") if node.module else []
+            if relative or (node.level == 0 and parts and parts[0] == PACKAGE):
+                found.add(package_dir / "__init__.py")
+                sub = parts[0] if relative and parts else (parts[1] if len(parts) > 1 else None)
+                if sub:
+                    add(sub)
+                else:  # from cifar100 import data, metrics / from . import data
+                    for alias in node.names:
+                        add(alias.name)
+    return found
+
+
+def package_modules(script, package_dir) -> list[str]:
+    """Every module of the package that ``script`` needs, directly or through other modules,
+    sorted (``__init__.py`` included when any is)."""
+    package_dir = Path(package_dir)
+    todo, seen = [Path(script)], set()
+    while todo:
+        for module in _imported(todo.pop(), package_dir):
+            if module not in seen:
+                seen.add(module)
+                if module.name != "__init__.py":
+                    todo.append(module)
+    return sorted(str(m) for m in seen)

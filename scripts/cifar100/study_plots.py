@@ -1,0 +1,173 @@
+"""Drawing for reproducibility studies. Every function takes numbers from ``study`` and an optional
+``ax`` (or axes) and returns the matplotlib Figure; ``save`` (from ``plots``) writes it atomically.
+
+Distributions across seeds are drawn with seaborn (strip plots show every seed: with 3 to 10
+seeds a box or violin would pretend to a shape that few points cannot show).
+"""
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: cluster nodes and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .plots import save  # noqa: E402,F401  (scripts save study figures through this module)
+
+LABELS = {"top1": "top-1 accuracy", "top5": "top-5 accuracy", "macro_f1": "macro F1", "ece": "ECE"}
+SOURCE_COLORS = {"all": "tab:blue", "init": "tab:orange", "data": "tab:green", "none": "tab:gray"}
+
+
+def _fig_ax(ax, figsize):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+        return fig, ax
+    return ax.figure, ax
+
+
+def _finite(x) -> bool:
+    return x is not None and x != "" and math.isfinite(float(x))
+
+
+# --- one recipe's seeds --------------------------------------------------------------------------
+
+
+def churn_heatmap(matrix: np.ndarray, seeds, ax=None):
+    """Seeds x seeds share of test images with different top-1 predictions, in percent, annotated."""
+    fig, ax = _fig_ax(ax, (3.6, 3.2))
+    n = len(seeds)
+    mask = np.eye(n, dtype=bool)  # a seed never disagrees with itself: leave the diagonal blank
+    sns.heatmap(100 * np.asarray(matrix), mask=mask, annot=n <= 12, fmt=".1f", cmap="rocket_r", vmin=0,
+                square=True, cbar_kws={"label": "predictions differ (% of test images)"}, ax=ax,
+                xticklabels=[str(s) for s in seeds], yticklabels=[str(s) for s in seeds], annot_kws={"size": 9})
+    ax.set_xlabel("seed")
+    ax.set_ylabel("seed")
+    ax.set_title("churn between seeds", fontsize=10)
+    return fig
+
+
+def correctness_rates(rates: np.ndarray, n_seeds: int, noise: dict | None = None, ax=None):
+    """How many test images k of the n seeds get right, k = 0..n; ``noise`` (study.test_set_noise)
+    adds the observed and the predicted seed-to-seed sd of top-1 as text."""
+    fig, ax = _fig_ax(ax, (4.2, 3.2))
+    k = np.rint(np.asarray(rates) * n_seeds).astype(int)
+    counts = np.bincount(k, minlength=n_seeds + 1)
+    sns.barplot(x=np.arange(n_seeds + 1), y=counts, color="tab:blue", ax=ax)
+    ax.set_xlabel(f"seeds (of {n_seeds}) that get the image right")
+    ax.set_ylabel("test images")
+    ax.set_title("per-image correctness across seeds", fontsize=10)
+    if noise and _finite(noise.get("predicted_sd")):
+        ax.text(0.02, 0.97, f"top-1 sd between seeds\nobserved {100 * noise['observed_sd']:.2f} pts\n"
+                f"as independent images {100 * noise['predicted_sd']:.2f} pts",
+                transform=ax.transAxes, va="top", fontsize=8, bbox={"fc": "white", "ec": "0.8", "alpha": 0.9})
+    return fig
+
+
+def selection_optimism(optimism, seeds, ax=None):
+    """Per seed, best-epoch minus last-epoch test accuracy in points, with their mean."""
+    fig, ax = _fig_ax(ax, (3.0, 3.2))
+    values = 100 * np.asarray(optimism, dtype=float)
+    sns.stripplot(y=values, ax=ax, size=7, color="tab:purple", jitter=0.08)
+    ax.axhline(values.mean(), color="black", lw=1.5, label=f"mean {values.mean():.2f} pts")
+    ax.axhline(0, color="0.6", lw=0.8, ls="--")
+    ax.set_ylim(bottom=min(0.0, values.min()) - 0.1)
+    ax.set_ylabel("best-epoch minus last-epoch test accuracy (pts)")
+    ax.set_xticks([])
+    ax.set_title(f"best_test optimism, {len(seeds)} seeds", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def seeds_agreement(matrix, seeds, rates, noise: dict, optimism, recipe: str):
+    """The three per-recipe panels side by side: churn, per-image correctness, selection optimism."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4), gridspec_kw={"width_ratios": [1.2, 1.3, 0.7]})
+    churn_heatmap(matrix, seeds, ax=axes[0])
+    correctness_rates(rates, len(seeds), noise, ax=axes[1])
+    selection_optimism(optimism, seeds, ax=axes[2])
+    fig.suptitle(f"{recipe}: agreement between {len(seeds)} seeds", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+# --- across recipes ------------------------------------------------------------------------------
+
+
+def differences(rows: list[dict], metric: str = "top1", ax=None):
+    """Forest plot: each compared pair's A - B on ``metric`` in points with its 95% interval, the
+    test used, its p-value and P(A beats B on a fresh seed)."""
+    rows = [r for r in rows if r["metric"] == metric]
+    fig, ax = _fig_ax(ax, (7.5, 0.7 * max(len(rows), 1) + 1.4))
+    if not rows:
+        ax.text(0.5, 0.5, "no recipe pairs to compare", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    y = np.arange(len(rows))[::-1]
+    for yi, r in zip(y, rows):
+        diff = 100 * r["difference"]
+        if _finite(r["ci95_low"]):
+            ax.errorbar(diff, yi, xerr=[[diff - 100 * r["ci95_low"]], [100 * r["ci95_high"] - diff]], fmt="o",
+                        color="black", capsize=4)
+        else:
+            ax.plot(diff, yi, "o", color="black", mfc="white")
+        p = ("no test" if not _finite(r["p_value"])
+             else "p<0.001" if r["p_value"] < 0.001 else f"p={r['p_value']:.3f}")
+        beats = f", P(A beats B)={r['p_a_beats_b']:.2f}" if _finite(r["p_a_beats_b"]) else ""
+        ax.annotate(f"{r['test'].capitalize()}, {p}{beats}", (1.02, yi), xycoords=("axes fraction", "data"), va="center",
+                    fontsize=8)
+    ax.axvline(0, color="0.5", lw=1, ls="--")
+    ax.set_yticks(y, [f"{r['recipe_a']} - {r['recipe_b']}" for r in rows])
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel(f"difference in {LABELS.get(metric, metric)} (points), 95% interval")
+    ax.set_title(f"recipe A minus recipe B ({'lower' if metric == 'ece' else 'higher'} is better for A)",
+                 fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def variance_sources(rows: list[dict], values: dict, metric: str = "top1", axes=None):
+    """Per family (one row of panels): each source's per-seed values (left) and its sd with the
+    chi-square 95% interval (right), in points. ``values`` maps recipe -> per-seed values."""
+    rows = [r for r in rows if r["metric"] == metric]
+    fams = list(dict.fromkeys(r["family"] for r in rows))
+    if axes is None:
+        fig, axes = plt.subplots(max(len(fams), 1), 2, figsize=(10, 3.4 * max(len(fams), 1)), squeeze=False)
+    else:
+        fig = np.asarray(axes).flat[0].figure
+        axes = np.atleast_2d(axes)
+    if not fams:
+        for ax in axes.flat:
+            ax.set_axis_off()
+        axes[0, 0].text(0.5, 0.5, "no recipes that differ only in vary", ha="center", va="center",
+                        transform=axes[0, 0].transAxes)
+        return fig
+    label = LABELS.get(metric, metric)
+    for (left, right), fam in zip(axes, fams):
+        members = [r for r in rows if r["family"] == fam]
+        names = [r["vary"] for r in members]  # unique in a family; the CSV names each recipe
+        xs = np.concatenate([[n] * len(values[r["recipe"]]) for n, r in zip(names, members)])
+        ys = 100 * np.concatenate([values[r["recipe"]] for r in members])
+        palette = {n: SOURCE_COLORS.get(r["vary"], "tab:red") for n, r in zip(names, members)}
+        sns.stripplot(x=xs, y=ys, hue=xs, palette=palette, order=names, size=7, jitter=0.12, legend=False, ax=left)
+        left.set_ylabel(f"{label} (%)")
+        left.set_xlabel("which randomness the seed drives")
+        left.set_title(f"{fam} family: one dot per seed", fontsize=10)
+        for i, r in enumerate(members):
+            sd = 100 * r["sd"] if _finite(r["sd"]) else math.nan
+            if _finite(r["sd_ci_low"]):
+                low, high = 100 * r["sd_ci_low"], 100 * r["sd_ci_high"]
+                right.errorbar(i, sd, yerr=[[sd - low], [high - sd]], fmt="o", capsize=5,
+                               color=SOURCE_COLORS.get(r["vary"], "tab:red"))
+            share = f"{100 * r['share']:.0f}% of total var" if _finite(r["share"]) else ""
+            if math.isfinite(sd):
+                right.annotate(share, (i, sd), xytext=(8, 0), textcoords="offset points", fontsize=8, va="center")
+        right.set_xticks(range(len(members)), names)
+        right.set_xlim(-0.5, len(members) - 0.3)
+        right.set_ylim(bottom=0)  # an sd cannot be negative
+        right.set_ylabel(f"sd of {label} between seeds (pts)")
+        right.set_title("sd with chi-square 95% interval", fontsize=10)
+        right.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Recipe A vs recipe B, as a researcher must state it: difference, interval, p, effect size, odds.
+
+    python scripts/differences.py --summaries results/*/seed*/summary.json \
+        --recipes-json '{"baseline": {...}, "cosine": {...}}' --pairs baseline:cosine --interval-width 0.01 \
+        --table results/recipe_differences.csv --figure results/recipe_differences.png
+
+Reads every seed's summary.json (recipe and seed come from the file). For each pair A:B and each
+headline metric (top1, top5, macro_f1, ece) one row of the table:
+  difference         mean_a - mean_b, with its 95% t interval (ci95_low, ci95_high)
+  test               paired (t test on per-seed differences) when A and B have the same seeds, whose
+                     randomness pairing cancels; welch (unequal variances) otherwise
+  t, df, p_value     the test's statistic, degrees of freedom and two-sided p-value
+  hedges_g           the difference in pooled seed-to-seed sds, small-sample corrected
+  p_a_beats_b        chance that A beats B on a fresh seed under a normal model with today's means
+                     and sds (for ECE, beating means lower); p_a_beats_b_observed the share of seeds
+                     (paired) or seed pairs (Welch) where it did
+  seeds_needed       seeds (per recipe) for a 95% interval of the difference at most
+                     --interval-width wide, at today's sds
+Without --pairs: every pair of recipes whose vary is all, in --recipes-json order.
+"""
+
+import argparse
+import json
+
+from cifar100 import config, replicates, study, study_plots
+from cifar100.cli import run_cli
+from cifar100.exceptions import DataError
+from cifar100.files import write_csv
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--summaries", nargs="+", required=True, help="summary.json of every seed of every recipe (required)")
+    p.add_argument("--recipes-json", required=True,
+                   help="JSON object of the compared recipes' definitions, in runs order (required)")
+    p.add_argument("--pairs", nargs="*", default=[],
+                   help="recipe pairs A:B to compare (default: every pair of vary: all recipes)")
+    p.add_argument("--interval-width", type=positive_float, default=config.default("study", "interval_width"),
+                   help="full width of the 95%% interval that seeds_needed aims at (default: %(default)s)")
+    p.add_argument("--table", required=True, help="CSV to write, e.g. results/recipe_differences.csv (required)")
+    p.add_argument("--figure", required=True, help="figure to write, e.g. results/recipe_differences.png (required)")
+    return p.parse_args(argv)
+
+
+def parse_pairs(pairs: list[str], known) -> list[tuple[str, str]]:
+    out = []
+    for text in pairs:
+        a, sep, b = text.partition(":")
+        if not sep or not a or not b:
+            raise DataError(f"--pairs: expected RECIPE_A:RECIPE_B, got {text!r}")
+        for name in (a, b):
+            if name not in known:
+                raise DataError(f"--pairs {text}: no summary.json of recipe {name!r} given "
+                                f"(recipes: {', '.join(sorted(known))})")
+        out.append((a, b))
+    return out
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    try:
+        recipes = json.loads(a.recipes_json)
+    except json.JSONDecodeError as e:
+        raise DataError(f"--recipes-json: not valid JSON ({e})") from None
+    runs = study.by_recipe([replicates.read_summary(p) for p in a.summaries], a.summaries)
+    missing = [r for r in runs if r not in recipes]
+    if missing:
+        raise DataError(f"--recipes-json: no definition of recipe {missing[0]!r} (its summary.json is given)")
+    pairs = parse_pairs(a.pairs, runs) if a.pairs else study.default_pairs([r for r in recipes if r in runs], recipes)
+    rows = [study.compare(runs[x] | {"values": runs[x]["values"][m]}, runs[y] | {"values": runs[y]["values"][m]},
+                          m, a.interval_width) for x, y in pairs for m in replicates.METRICS]
+    write_csv(a.table, [study.cells(r) for r in rows], study.DIFFERENCE_FIELDS)
+    study_plots.save(study_plots.differences(rows, "top1"), a.figure)
+    for r in rows:
+        if r["metric"] == "top1":
+            print(f"{r['recipe_a']} - {r['recipe_b']}: top-1 {r['difference']:+.4f} "
+                  f"[{r['ci95_low']:.4f}, {r['ci95_high']:.4f}] {r['test']}, p={r['p_value']:.3g}, "
+                  f"{r['seeds_needed']:.0f} seeds for a {a.interval_width} wide interval")
+    print(f"wrote {a.table} and {a.figure} ({len(pairs)} pair{'s' * (len(pairs) != 1)})")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Where seed-to-seed variance comes from: recipes that differ only in vary, side by side.
+
+    python scripts/variance.py --summaries results/*/seed*/summary.json \
+        --recipes-json '{"baseline": {..., "vary": "all"}, "baseline_init": {..., "vary": "init"}}' \
+        --table results/variance_sources.csv --figure results/variance_sources.png
+
+Recipes whose definitions are identical apart from vary (all: the seed drives initialisation, data
+order and augmentation; init; data; none: only non-deterministic kernels differ) form a family.
+Per family, member and headline metric one row of the table: the variance over seeds (ddof=1)
+and sd, each with a chi-square 95% interval, and its share of the vary: all member's variance
+with an F 95% interval (approximate when the recipes share seeds). With 3 seeds a variance is
+known to within a factor of about 40: read the intervals before the shares.
+"""
+
+import argparse
+import json
+
+from cifar100 import replicates, study, study_plots
+from cifar100.cli import run_cli
+from cifar100.exceptions import DataError
+from cifar100.files import write_csv
+
+FIELDS = ["family", "recipe", "vary", "metric", "n_seeds", "mean", "var", "var_ci_low", "var_ci_high", "sd",
+          "sd_ci_low", "sd_ci_high", "share_of", "share", "share_ci_low", "share_ci_high", "note"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--summaries", nargs="+", required=True, help="summary.json of every seed of every recipe (required)")
+    p.add_argument("--recipes-json", required=True, help="JSON object of the recipes' definitions (required)")
+    p.add_argument("--table", required=True, help="CSV to write, e.g. results/variance_sources.csv (required)")
+    p.add_argument("--figure", required=True, help="figure to write, e.g. results/variance_sources.png (required)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    try:
+        recipes = json.loads(a.recipes_json)
+    except json.JSONDecodeError as e:
+        raise DataError(f"--recipes-json: not valid JSON ({e})") from None
+    runs = study.by_recipe([replicates.read_summary(p) for p in a.summaries], a.summaries)
+    missing = [r for r in runs if r not in recipes]
+    if missing:
+        raise DataError(f"--recipes-json: no definition of recipe {missing[0]!r} (its summary.json is given)")
+    rows = [row for m in replicates.METRICS
+            for row in study.variance_sources(recipes, {r: runs[r]["values"][m] for r in runs}, m)]
+    write_csv(a.table, [study.cells(r) for r in rows], FIELDS)
+    top1 = {r: runs[r]["values"]["top1"] for r in runs}
+    study_plots.save(study_plots.variance_sources(rows, top1, "top1"), a.figure)
+    for r in rows:
+        if r["metric"] == "top1":
+            share = f", {100 * r['share']:.0f}% of {r['share_of']}'s variance" if r["share"] == r["share"] else ""
+            print(f"{r['recipe']} (vary {r['vary']}): top-1 sd {r['sd']:.4f} over {r['n_seeds']} seeds{share}")
+    if not rows:
+        print("no recipes that differ only in vary: nothing to split")
+    print(f"wrote {a.table} and {a.figure}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,63 @@
+"""Helpers the tests share (imported as a module; conftest.py holds only fixtures)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+TINY_RECIPE = {"epochs": 2, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+               "nesterov": False, "schedule": "step", "step_size": 1, "gamma": 0.5,
+               "label_smoothing": 0.0, "width": 8, "vary": "all"}
+
+
+def run_script(name: str, *args, check=True, timeout=300, env=None, **kw) -> subprocess.CompletedProcess:
+    """Run scripts/<name> as a user would; returns the completed process (text output)."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    p = subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)], capture_output=True,
+                       text=True, timeout=timeout, env=full_env, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{name} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def train_args(data_dir, out_dir, recipe=None, seed=0, *extra):
+    return ["--recipe-json", json.dumps(recipe or TINY_RECIPE), "--seed", seed, "--data-dir", data_dir,
+            "--model", Path(out_dir) / "model.pt", "--selection", "best_test", "--deterministic", "--device",
+            "cpu", *extra]
+
+
+def workflow_outputs(snakefile: Path, workdir: Path, *configfiles) -> list[str]:
+    """Every output file of the workflow's DAG, as Snakemake itself lists it (``--summary``), so
+    that the tests expect exactly what the rules declare."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir), "--summary",
+           "--configfile", *map(str, configfiles)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if p.returncode != 0:
+        raise AssertionError(f"snakemake --summary failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
+    lines = p.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("output_file"))
+    return [line.split("\t")[0] for line in lines[start + 1:] if line.strip()]
+
+
+def load_script(name):
+    """scripts/<name>.py as a module (under a private name, apart from the package modules)."""
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Evil:
+    """Pickles to a call of os.system: a file that runs code when unpickled without restriction."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))

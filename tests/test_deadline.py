@@ -1,0 +1,113 @@
+"""cifar100.deadline on the CPU, with fake Slurm answers (tests/test_slurm.py runs it on a real Slurm)."""
+
+import signal
+import threading
+import time
+from datetime import datetime
+
+import pytest
+
+from cifar100 import deadline
+
+
+def iso(t: float) -> str:
+    """A Unix time as squeue prints %e with SLURM_TIME_FORMAT=standard (local time, seconds)."""
+    return datetime.fromtimestamp(t).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+class FakeSlurm:
+    """Stands in for squeue/scontrol: answers `answers` in turn (the last one repeats), records calls."""
+
+    def __init__(self, *answers):
+        self.answers, self.calls = list(answers), []
+
+    def __call__(self, cmd):
+        self.calls.append(cmd)
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+@pytest.fixture
+def usr1():
+    """Records SIGUSR1 deliveries (an Event) instead of the default action, which ends the process."""
+    got = threading.Event()
+    previous = signal.signal(signal.SIGUSR1, lambda *_: got.set())
+    yield got
+    signal.signal(signal.SIGUSR1, previous)
+
+
+def test_parse_end_time_reads_iso_local_time_and_no_limit_as_none():
+    assert deadline.parse_end_time("2031-05-04T03:02:01\n") == datetime(2031, 5, 4, 3, 2, 1).timestamp()
+    for no_limit in ("Unknown", "N/A", "NONE", "", "INVALID"):
+        assert deadline.parse_end_time(no_limit) is None
+
+
+def test_end_time_outside_slurm_asks_nobody():
+    fake = FakeSlurm("2031-05-04T03:02:01")
+    assert deadline.job_end_time({}, fake) is None
+    assert fake.calls == []
+
+
+def test_end_time_from_the_environment_when_slurm_exports_it():
+    fake = FakeSlurm(None)
+    assert deadline.job_end_time({"SLURM_JOB_ID": "7", "SLURM_JOB_END_TIME": "1900000000"}, fake) == 1.9e9
+    assert fake.calls == []
+
+
+def test_end_time_from_squeue_for_this_job():
+    fake = FakeSlurm("2031-05-04T03:02:01\n")
+    assert deadline.job_end_time({"SLURM_JOB_ID": "42"}, fake) == datetime(2031, 5, 4, 3, 2, 1).timestamp()
+    assert fake.calls == [["squeue", "--noheader", "--jobs", "42", "--format", "%e"]]
+
+
+def test_end_time_falls_back_to_scontrol_when_squeue_fails():
+    show = "JobId=42 JobName=x\n   RunTime=00:00:05 TimeLimit=00:02:00\n   StartTime=2031-05-04T03:00:01 EndTime=2031-05-04T03:02:01 Deadline=N/A\n"
+    fake = FakeSlurm(None, show)
+    assert deadline.job_end_time({"SLURM_JOB_ID": "42"}, fake) == datetime(2031, 5, 4, 3, 2, 1).timestamp()
+    assert [c[0] for c in fake.calls] == ["squeue", "scontrol"]
+    assert deadline.job_end_time({"SLURM_JOB_ID": "42"}, FakeSlurm(None)) is None
+
+
+def test_signals_itself_margin_seconds_before_the_end(usr1):
+    logs = []
+    end = time.time() + 6.5
+    with deadline.stop_before_end(5.0, logs.append, {"SLURM_JOB_ID": "9"}, FakeSlurm(iso(end))):
+        # squeue's answer has whole seconds: the stop comes 0.5 to 1.5 s from now.
+        assert usr1.wait(3.0), logs
+    assert "slurm job 9: time limit at" in logs[0] and "5 s before it" in logs[0]
+    assert logs[1].startswith("slurm job 9: time limit in ") and "stopping 5 s ahead" in logs[1]
+
+
+def test_no_signal_after_the_block_ends(usr1):
+    fake = FakeSlurm(iso(time.time() + 3.5))
+    with deadline.stop_before_end(2.0, lambda m: None, {"SLURM_JOB_ID": "9"}, fake):
+        pass
+    assert not usr1.wait(3.0)
+    assert len(fake.calls) == 1  # the timer never ran
+
+
+def test_a_raised_limit_moves_the_stop(usr1):
+    now = time.time()
+    fake = FakeSlurm(iso(now + 3), iso(now + 3600))  # at the first stop, Slurm says an hour later
+    with deadline.stop_before_end(1.0, lambda m: None, {"SLURM_JOB_ID": "9"}, fake):
+        assert not usr1.wait(4.0)
+    assert len(fake.calls) == 2
+
+
+def test_outside_slurm_or_without_a_limit_nothing_is_armed(usr1):
+    logs = []
+    with deadline.stop_before_end(0.0, logs.append, {}, FakeSlurm(iso(time.time()))):
+        assert not usr1.wait(0.5)
+    assert logs == []
+    with deadline.stop_before_end(60.0, logs.append, {"SLURM_JOB_ID": "9"}, FakeSlurm("Unknown")):
+        pass
+    assert logs == ["slurm job 9: no time limit found; relying on the SIGTERM at the limit"]
+    with deadline.stop_before_end(None, logs.append, {"SLURM_JOB_ID": "9"}, FakeSlurm(iso(time.time()))):
+        pass
+    assert len(logs) == 1
+
+
+def test_a_job_shorter_than_the_margin_is_a_one_line_error():
+    with pytest.raises(deadline.DeadlineError) as e:
+        with deadline.stop_before_end(300, print, {"SLURM_JOB_ID": "9"}, FakeSlurm(iso(time.time() + 120))):
+            pytest.fail("the block must not run")
+    assert "\n" not in str(e.value) and "checkpoint_margin_s" in str(e.value) and "runtime" in str(e.value)
