@@ -65,7 +65,8 @@ def dataset_dir():
 def dataset_version():
     """What the data holds: training reruns when this changes. A synthetic set is named by its
     settings; CIFAR-100 by the md5 of its files ("cifar100-official" for the real ones, also before
-    they are downloaded). A partial folder stops the workflow here, naming the missing file."""
+    they are downloaded). A partial folder stops the workflow here, naming the missing file.
+    """
     if config["dataset"] == "synthetic":
         return Path(DATA_DIR).name
     cache = Path(".snakemake") / "cifar100-dataset-md5.json"
@@ -74,7 +75,8 @@ def dataset_version():
 
 DATA_DIR = dataset_dir()
 DATA_VERSION = dataset_version()
-MANIFEST = f"results/datasets/{Path(DATA_DIR).name if config['dataset'] == 'synthetic' else 'cifar100'}.json"
+DATASET_NAME = Path(DATA_DIR).name if config["dataset"] == "synthetic" else "cifar100"
+MANIFEST = f"results/datasets/{DATASET_NAME}/manifest.json"
 
 
 def script(name):
@@ -154,6 +156,11 @@ rule train:
         f"{RUN}/logs/train.log",
     benchmark:
         f"{RUN}/benchmarks/train.tsv"
+    conda:
+        "envs/train.yaml"
+    threads: 4
+    resources:
+        gpu=1,
     params:
         data_dir=DATA_DIR,
         data_version=DATA_VERSION,
@@ -163,11 +170,6 @@ rule train:
         precision=config["precision"],
         deterministic=flag("deterministic", config["deterministic"]),
         compile=flag("compile", config["compile"]),
-    threads: 4
-    resources:
-        gpu=1,
-    conda:
-        "envs/train.yaml"
     # exec: the signals SLURM sends before a time limit reach python, not an intermediate shell.
     shell:
         "exec python {input.script:q} --recipe {wildcards.recipe:q} --recipe-json {params.recipe:q}"
@@ -190,13 +192,13 @@ rule evaluate:
         f"{RUN}/logs/evaluate.log",
     benchmark:
         f"{RUN}/benchmarks/evaluate.tsv"
-    params:
-        data_dir=DATA_DIR,
+    conda:
+        "envs/train.yaml"
     threads: 2
     resources:
         gpu=1,
-    conda:
-        "envs/train.yaml"
+    params:
+        data_dir=DATA_DIR,
     shell:
         "python {input.script:q} --checkpoint {input.checkpoint:q} --data-dir {params.data_dir:q}"
         " --predictions {output.predictions:q} --metrics {output.metrics:q} > {log:q} 2>&1"
@@ -217,11 +219,11 @@ rule samples:
         ),
     log:
         f"{RUN}/logs/samples.log",
+    conda:
+        "envs/analysis.yaml"
     params:
         data_dir=DATA_DIR,
         n=SIZES["samples"],
-    conda:
-        "envs/analysis.yaml"
     shell:
         "python {input.script:q} --predictions {input.predictions:q} --data-dir {params.data_dir:q}"
         " --n {params.n} --figure {output.figure:q} > {log:q} 2>&1"
@@ -230,6 +232,7 @@ rule samples:
 rule curves:
     input:
         history=rules.train.output.history,
+        metrics=rules.evaluate.output.metrics,
         script=script("curves.py"),
         code=code("curves.py"),
     output:
@@ -244,7 +247,8 @@ rule curves:
     conda:
         "envs/analysis.yaml"
     shell:
-        "python {input.script:q} --history {input.history:q} --figure {output.figure:q} > {log:q} 2>&1"
+        "python {input.script:q} --history {input.history:q} --metrics {input.metrics:q}"
+        " --figure {output.figure:q} > {log:q} 2>&1"
 
 
 rule confusion:
@@ -256,6 +260,12 @@ rule confusion:
     output:
         matrix=report(
             f"{RUN}/confusion_matrix.png",
+            caption=caption("confusion_matrix"),
+            category="evaluation",
+            subcategory="{recipe} seed {seed}",
+        ),
+        matrix_vector=report(
+            f"{RUN}/confusion_matrix.svg",
             caption=caption("confusion_matrix"),
             category="evaluation",
             subcategory="{recipe} seed {seed}",
@@ -276,13 +286,13 @@ rule confusion:
         summary=f"{RUN}/confusion_summary.json",
     log:
         f"{RUN}/logs/confusion.log",
-    params:
-        data_dir=DATA_DIR,
     conda:
         "envs/analysis.yaml"
+    params:
+        data_dir=DATA_DIR,
     shell:
         "python {input.script:q} --predictions {input.predictions:q} --data-dir {params.data_dir:q}"
-        " --matrix {output.matrix:q} --per-class {output.per_class:q}"
+        " --matrix {output.matrix:q} --matrix-vector {output.matrix_vector:q} --per-class {output.per_class:q}"
         " --class-extremes {output.class_extremes:q} --superclass {output.superclass:q}"
         " --summary {output.summary:q} > {log:q} 2>&1"
 
@@ -310,12 +320,12 @@ rule errors:
         summary=f"{RUN}/errors_summary.json",
     log:
         f"{RUN}/logs/errors.log",
+    conda:
+        "envs/analysis.yaml"
     params:
         data_dir=DATA_DIR,
         gallery_size=SIZES["gallery_size"],
         top_pairs=SIZES["top_pairs"],
-    conda:
-        "envs/analysis.yaml"
     shell:
         "python {input.script:q} --predictions {input.predictions:q} --data-dir {params.data_dir:q}"
         " --gallery-size {params.gallery_size} --top-pairs {params.top_pairs}"
@@ -331,7 +341,12 @@ rule report:
         script=script("report.py"),
         code=code("report.py"),
     output:
-        report_csv=f"{RUN}/classification_report.csv",
+        report_csv=report(
+            f"{RUN}/classification_report.csv",
+            caption=caption("classification_report"),
+            category="tables",
+            subcategory="{recipe} seed {seed}",
+        ),
         report_json=f"{RUN}/classification_report.json",
         report_txt=f"{RUN}/classification_report.txt",
         reliability=report(
@@ -343,11 +358,11 @@ rule report:
         summary=f"{RUN}/summary.json",
     log:
         f"{RUN}/logs/report.log",
+    conda:
+        "envs/analysis.yaml"
     params:
         data_dir=DATA_DIR,
         ece_bins=SIZES["ece_bins"],
-    conda:
-        "envs/analysis.yaml"
     shell:
         "python {input.script:q} --predictions {input.predictions:q} --metrics {input.metrics:q}"
         " --data-dir {params.data_dir:q} --ece-bins {params.ece_bins}"
@@ -374,6 +389,7 @@ rule gradcam:
         script=script("gradcam.py"),
         code=code("gradcam.py"),
     output:
+        **gradcam_maps(),
         correct=report(
             f"{RUN}/gradcam_correct.png",
             caption=caption("gradcam_correct"),
@@ -387,21 +403,20 @@ rule gradcam:
             subcategory="{recipe} seed {seed}",
         ),
         summary=f"{RUN}/gradcam_summary.json",
-        **gradcam_maps(),
     log:
         f"{RUN}/logs/gradcam.log",
     benchmark:
         f"{RUN}/benchmarks/gradcam.tsv"
+    conda:
+        "envs/train.yaml"
+    threads: 2
+    resources:
+        gpu=1,
     params:
         data_dir=DATA_DIR,
         n=SIZES["gradcam_images"],
         layer=SIZES["gradcam_layer"],
         maps=gradcam_maps_flag,
-    threads: 2
-    resources:
-        gpu=1,
-    conda:
-        "envs/train.yaml"
     shell:
         "python {input.script:q} --checkpoint {input.checkpoint:q} --predictions {input.predictions:q}"
         " --data-dir {params.data_dir:q} --n {params.n} --layer {params.layer:q} {params.maps}"
@@ -417,7 +432,12 @@ rule aggregate:
         script=script("aggregate.py"),
         code=code("aggregate.py"),
     output:
-        seeds_summary=f"{RECIPE}/seeds_summary.csv",
+        seeds_summary=report(
+            f"{RECIPE}/seeds_summary.csv",
+            caption=caption("seeds_summary"),
+            category="tables",
+            subcategory="{recipe}",
+        ),
         seeds_per_class=f"{RECIPE}/seeds_per_class.csv",
         curves=report(
             f"{RECIPE}/seeds_curves.png",
@@ -441,7 +461,11 @@ rule compare:
         script=script("compare.py"),
         code=code("compare.py"),
     output:
-        table="results/recipes_summary.csv",
+        table=report(
+            "results/recipes_summary.csv",
+            caption=caption("recipes_summary"),
+            category="tables",
+        ),
         figure=report(
             "results/recipes_comparison.png",
             caption=caption("recipes_comparison"),
@@ -456,17 +480,159 @@ rule compare:
         " --figure {output.figure:q} > {log:q} 2>&1"
 
 
+# ---- the reproducibility study: CPU analysis of files every run already wrote, never retraining
+def runs_json():
+    """The definitions of the recipes in runs, in runs order: families (recipes identical apart
+    from vary) and the default pairs to compare are read from them."""
+    import json
+
+    return json.dumps({name: config["recipes"][name] for name in config["runs"]})
+
+
+def study_pairs():
+    return [f"{a}:{b}" for a, b in config["study"]["pairs"]]
+
+
+def every_summary():
+    return expand(
+        rules.report.output.summary, recipe=config["runs"], seed=config["seeds"]
+    )
+
+
+rule seeds_study:
+    input:
+        dataset=ancient(MANIFEST),
+        predictions=seeds_of(rules.evaluate.output.predictions),
+        histories=seeds_of(rules.train.output.history),
+        script=script("seeds_study.py"),
+        code=code("seeds_study.py"),
+    output:
+        churn=f"{RECIPE}/churn.csv",
+        churn_per_class=f"{RECIPE}/churn_per_class.csv",
+        ensemble=f"{RECIPE}/ensemble.csv",
+        test_set_noise=f"{RECIPE}/test_set_noise.csv",
+        selection_optimism=f"{RECIPE}/selection_optimism.csv",
+        figure=report(
+            f"{RECIPE}/seeds_agreement.png",
+            caption=caption("seeds_agreement"),
+            category="reproducibility",
+            subcategory="{recipe}",
+        ),
+    log:
+        f"{RECIPE}/logs/seeds_study.log",
+    conda:
+        "envs/analysis.yaml"
+    params:
+        data_dir=DATA_DIR,
+        seeds=config["seeds"],
+        ece_bins=SIZES["ece_bins"],
+    shell:
+        "python {input.script:q} --recipe {wildcards.recipe:q} --predictions {input.predictions:q}"
+        " --histories {input.histories:q} --seeds {params.seeds:q} --data-dir {params.data_dir:q}"
+        " --ece-bins {params.ece_bins} --churn {output.churn:q} --churn-per-class {output.churn_per_class:q}"
+        " --ensemble {output.ensemble:q} --test-set-noise {output.test_set_noise:q}"
+        " --selection-optimism {output.selection_optimism:q} --figure {output.figure:q} > {log:q} 2>&1"
+
+
+rule differences:
+    input:
+        summaries=every_summary(),
+        script=script("differences.py"),
+        code=code("differences.py"),
+    output:
+        table="results/recipe_differences.csv",
+        figure=report(
+            "results/recipe_differences.png",
+            caption=caption("recipe_differences"),
+            category="reproducibility",
+        ),
+    log:
+        "results/logs/differences.log",
+    conda:
+        "envs/analysis.yaml"
+    params:
+        recipes=runs_json(),
+        pairs=study_pairs(),
+        interval_width=config["study"]["interval_width"],
+    shell:
+        "python {input.script:q} --summaries {input.summaries:q} --recipes-json {params.recipes:q}"
+        " --pairs {params.pairs:q} --interval-width {params.interval_width}"
+        " --table {output.table:q} --figure {output.figure:q} > {log:q} 2>&1"
+
+
+rule variance:
+    input:
+        summaries=every_summary(),
+        script=script("variance.py"),
+        code=code("variance.py"),
+    output:
+        table="results/variance_sources.csv",
+        figure=report(
+            "results/variance_sources.png",
+            caption=caption("variance_sources"),
+            category="reproducibility",
+        ),
+    log:
+        "results/logs/variance.log",
+    conda:
+        "envs/analysis.yaml"
+    params:
+        recipes=runs_json(),
+    shell:
+        "python {input.script:q} --summaries {input.summaries:q} --recipes-json {params.recipes:q}"
+        " --table {output.table:q} --figure {output.figure:q} > {log:q} 2>&1"
+
+
+# The report's first page (scripts/captions/workflow.rst) includes this file.
+rule headline:
+    input:
+        seeds_summaries=expand(
+            rules.aggregate.output.seeds_summary, recipe=config["runs"]
+        ),
+        runs=expand(
+            rules.report.output.summary, recipe=config["runs"], seed=config["seeds"]
+        ),
+        script=script("headline.py"),
+        code=code("headline.py"),
+    output:
+        headline=report(
+            "results/headline.rst",
+            caption=caption("headline"),
+            category="tables",
+        ),
+    log:
+        "results/logs/headline.log",
+    conda:
+        "envs/analysis.yaml"
+    shell:
+        "python {input.script:q} --seeds-summaries {input.seeds_summaries:q} --runs {input.runs:q}"
+        " --headline {output.headline:q} > {log:q} 2>&1"
+
+
 # ---- what `snakemake` builds: every output of these rules, for every recipe and seed. A new rule
 # joins by its name here; the tests and the README's outputs table check against this same list.
-PER_RUN_RULES = ["train", "evaluate", "samples", "curves", "confusion", "errors", "report", "gradcam"]
-PER_RECIPE_RULES = ["aggregate"]
-STUDY_RULES = ["compare"]
+PER_RUN_RULES = [
+    "train",
+    "evaluate",
+    "samples",
+    "curves",
+    "confusion",
+    "errors",
+    "report",
+    "gradcam",
+]
+PER_RECIPE_RULES = ["aggregate", "seeds_study"]
+STUDY_RULES = ["compare", "headline", "differences", "variance"]
 
 
 def targets():
     files = []
     for name in PER_RUN_RULES:
-        files += expand(list(getattr(rules, name).output), recipe=config["runs"], seed=config["seeds"])
+        files += expand(
+            list(getattr(rules, name).output),
+            recipe=config["runs"],
+            seed=config["seeds"],
+        )
     for name in PER_RECIPE_RULES:
         files += expand(list(getattr(rules, name).output), recipe=config["runs"])
     for name in STUDY_RULES:

@@ -53,8 +53,10 @@ def main(argv=None):
 
     curves = [replicates.read_history(p) for p in a.histories]
     labels = [f"seed {s['seed']}" for s in summaries]
+    selected = {label: s["selected_epoch"] for label, s in zip(labels, summaries) if s["selected_epoch"] is not None}
     fig = plots.seeds_curves(dict(zip(labels, curves)), replicates.mean_curve(curves),
-                             title=f"{recipe}: test accuracy of {len(curves)} seed{'s' * (len(curves) > 1)}")
+                             title=f"{recipe}: test accuracy of {len(curves)} seed{'s' * (len(curves) > 1)}",
+                             selected=selected)
     plots.save(fig, a.curves)
 
     mean = {r["row"]: r for r in rows}
@@ -62,7 +64,7 @@ def main(argv=None):
         line = f"{recipe} {m}: mean {mean['mean'][m]:.4f}"
         if len(summaries) > 1:
             line += (f" std {mean['std'][m]:.4f} {round(100 * a.level)}% CI "
-                     f"[{mean['ci95_low'][m]:.4f}, {mean['ci95_high'][m]:.4f}]")
+                     f"[{mean['ci95_low'][m]:.4f}, {mean['ci95_high'][m]:.4f}] (t, truncated to [0, 1])")
         print(line)
     if len(summaries) == 1:
         print(f"{recipe}: {replicates.ONE_SEED_NOTE}")

@@ -13,8 +13,9 @@ Both pipelines train the same ResNet-18 (cifar100.model) with the baseline recip
   (a) project    the code training runs: cifar100.pipeline (whole split on the device, batched
                  crop+flip gather, fused normalisation), cifar100.engine's optimizer, autocast and
                  evaluate; the step is engine.train_step with engine.check_finite, as in
-                 engine.train. On CUDA: channels_last, --precision autocast, and with --compile
-                 the same call as training, torch.compile(model, dynamic=False).
+                 engine.train. On CUDA: channels_last, --precision autocast with training's TF32
+                 switches (engine.set_precision), and with --compile training's call,
+                 engine.compile_model (torch.compile with dynamic=False).
   (b) reference  the notebook: a Dataset returning PIL images through RandomCrop(32, padding=4),
                  RandomHorizontalFlip, ToTensor, Normalize; DataLoader(batch, shuffle, 2 workers);
                  fp32, NCHW, default torch.optim.SGD, loss.item() every step.
@@ -239,9 +240,7 @@ def bench_project(args, recipe, train_np, test_np, mem):
         model = model.to(memory_format=torch.channels_last)
     opt = engine.make_optimizer(model, recipe, device)
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
-    # dynamic=False as in engine.train: the default (dynamic=None) would recompile the first new
-    # batch shape as a dynamic-shape graph, a different graph from the one training runs.
-    net = torch.compile(model, dynamic=False) if args.compile else model
+    net = engine.compile_model(model, device) if args.compile else model  # dynamic=False, as training
     amp = engine.autocast_for(device, args.precision)
     steps_per_epoch = num_batches(len(train_split), recipe["batch_size"])
     stats = engine.EpochStats(device)
@@ -319,6 +318,7 @@ def bench_reference(args, recipe, train_np, test_np, mem):
     device = args.device
     res = {}
     mem.release()
+    torch.backends.cudnn.allow_tf32 = True  # the notebook runs with torch's defaults (TF32 convolutions)
     normalize = T.Normalize(MEAN, STD)
     train_tf = T.Compose([T.RandomCrop(SIZE, padding=PAD), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
     test_tf = T.Compose([T.ToTensor(), normalize])
@@ -484,6 +484,7 @@ def main(argv=None):
     if args.reference and args.reference_json:
         raise UserError("--reference-json is for --no-reference runs: this run measures (b) itself")
     engine.seed_everything(args.seed, deterministic=False)
+    engine.set_precision(args.precision if cuda else "fp32")
     load0 = os.getloadavg()
     train_np = synthetic(args.n, args.seed)
     test_np = synthetic(args.eval_n, args.seed + 1)

@@ -6,7 +6,9 @@
 
 Reads the seeds_summary.csv files aggregate.py writes. The figure has one panel per metric (top-1,
 top-5, macro F1, ECE): each recipe's mean with its interval as an error bar and one dot per seed.
-Recipes with one seed get no error bar. Overlapping intervals are not a test of no difference.
+The interval is the 95% t interval truncated to [0, 1] (the metrics' range), each recipe's number
+of seeds is written under its name, and recipes with one seed get no error bar. Overlapping
+intervals are not a test of no difference.
 """
 
 import argparse
@@ -38,7 +40,8 @@ def main(argv=None):
                    "low": [r["stats"]["ci95_low"][m] for r in recipes],
                    "high": [r["stats"]["ci95_high"][m] for r in recipes]} for m in replicates.METRICS}
     points = {m: [r["values"][m] for r in recipes] for m in replicates.METRICS}
-    plots.save(plots.recipes_comparison(names, summary, points, LABELS), a.figure)
+    plots.save(plots.recipes_comparison(names, summary, points, LABELS, replicates.interval_method(),
+                                        n_seeds=[r["n_seeds"] for r in recipes]), a.figure)
     for r in rows:
         half = r["top1_ci95_halfwidth"]
         print(f"{r['recipe']}: top-1 {r['top1_mean']:.4f}" + (f" +- {half:.4f}" if half != "" else "")

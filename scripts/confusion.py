@@ -33,14 +33,15 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=config.default("data_dir"),
                    help="folder holding cifar-100-python/ (default: %(default)s)")
     p.add_argument("--matrix", required=True, help="confusion matrix figure to write (required)")
+    p.add_argument("--matrix-vector", help="the same figure as SVG or PDF, zoomable without loss (default: none)")
     p.add_argument("--per-class", required=True, help="per-class accuracy CSV to write (required)")
     p.add_argument("--class-extremes", required=True, help="most/least accurate classes figure (required)")
     p.add_argument("--superclass", required=True, help="superclass confusion figure to write (required)")
     p.add_argument("--summary", required=True, help="confusion summary JSON to write (required)")
     p.add_argument("--extremes", type=positive_int, default=10,
                    help="classes in each bar chart of class_extremes.png (default: %(default)s)")
-    p.add_argument("--max-tick-labels", type=positive_int, default=50,
-                   help="most class names per axis of confusion_matrix.png (default: %(default)s)")
+    p.add_argument("--max-tick-labels", type=positive_int, default=None,
+                   help="most class names per axis of the confusion matrix (default: every class)")
     return p.parse_args(argv)
 
 
@@ -53,6 +54,8 @@ def main(argv=None):
     cm = metrics.confusion_matrix(labels, preds, num_classes)
     accuracy, support = metrics.per_class_accuracy(cm)
     best, worst = metrics.best_and_worst(accuracy, a.extremes)
+    extremes = metrics.extreme_classes(accuracy, a.extremes)  # the figure's: disjoint panels, ties stated
+    top, bottom = metrics.classes_at_extremes(accuracy)
 
     def superclass(i):
         return coarse_names[fine_to_coarse[i]] if fine_to_coarse is not None else ""
@@ -63,10 +66,12 @@ def main(argv=None):
     ], PER_CLASS_FIELDS)
 
     order = metrics.superclass_order(fine_to_coarse, num_classes)
-    plots.save(plots.confusion_heatmap(metrics.normalize_rows(cm), fine_names, order=order,
-                                       groups=fine_to_coarse, max_labels=a.max_tick_labels),
-               a.matrix)
-    plots.save(plots.class_extremes(accuracy, fine_names, best, worst), a.class_extremes)
+    for path in filter(None, (a.matrix, a.matrix_vector)):
+        plots.save(plots.confusion_heatmap(metrics.normalize_rows(cm), fine_names, order=order,
+                                           groups=fine_to_coarse, group_names=coarse_names,
+                                           max_labels=a.max_tick_labels), path)
+    plots.save(plots.class_extremes(accuracy, fine_names, extremes["best"], extremes["worst"], ties=extremes,
+                                    n_classes=extremes["n_classes"]), a.class_extremes)
     coarse_cm = None
     if fine_to_coarse is not None:
         coarse_cm = metrics.coarse_confusion(cm, fine_to_coarse, len(coarse_names))
@@ -87,6 +92,10 @@ def main(argv=None):
         "max_class_accuracy": float(accuracy[best[0]]) if len(best) else None,
         "best_classes": [fine_names[i] for i in best],
         "worst_classes": [fine_names[i] for i in worst],
+        "classes_at_max_accuracy": [fine_names[i] for i in top],
+        "classes_at_min_accuracy": [fine_names[i] for i in bottom],
+        "ties_note": "best_classes/worst_classes break ties by class index; classes_at_max/min_accuracy "
+                     "list every class at the extreme value",
         "superclass_top1": metrics.superclass_accuracy(labels, preds, fine_to_coarse),
         "semantic_share": semantic,
         "semantic_share_note": "share of errors whose predicted class is in the true class's superclass",

@@ -19,6 +19,7 @@ import numpy as np
 from cifar100 import plots
 from cifar100.cli import run_cli
 from cifar100.exceptions import DataError
+from cifar100.files import read_json
 
 REQUIRED = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc"]
 OPTIONAL = ["val_loss", "val_acc"]
@@ -56,14 +57,25 @@ def read_history(path) -> dict[str, np.ndarray]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--history", required=True, help="history.csv written by train.py (required)")
+    p.add_argument("--metrics", help="metrics.json written by evaluate.py: marks the selected epoch (default: none)")
     p.add_argument("--figure", required=True, help="figure to write, e.g. training_curves.png (required)")
     return p.parse_args(argv)
+
+
+def read_selected(path) -> dict | None:
+    """{"epoch", "rule"} of the evaluated model from metrics.json, or None without a file."""
+    if path is None:
+        return None
+    m = read_json(path)
+    if not isinstance(m, dict) or "selected_epoch" not in m:
+        raise DataError(f"{path}: expected a JSON object with 'selected_epoch'")
+    return {"epoch": m["selected_epoch"], "rule": m.get("selection", "")}
 
 
 def main(argv=None):
     a = parse_args(argv)
     history = read_history(a.history)
-    plots.save(plots.training_curves(history), a.figure)
+    plots.save(plots.training_curves(history, selected=read_selected(a.metrics)), a.figure)
     epochs = len(history["epoch"])
     print(f"{a.figure}: {epochs} epochs, final test accuracy {history['test_acc'][-1]:.4f}")
 

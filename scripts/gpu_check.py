@@ -194,7 +194,7 @@ def train(data_dir: Path, out_dir: Path, seeds: list[int], epochs: int, log_dir:
         run_dir = out_dir / f"seed{seed}"
         shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resume
         cmd = [sys.executable, str(SCRIPTS / "train.py"), "--recipe-json", json.dumps(recipe), "--seed", str(seed),
-               "--data-dir", str(data_dir), "--out-dir", str(run_dir), "--device", device, "--precision", "bf16",
+               "--data-dir", str(data_dir), "--model", str(run_dir / "model.pt"), "--device", device, "--precision", "bf16",
                "--no-deterministic", "--no-compile", "--selection", "last"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         runs.append((seed, run_dir, proc, Lines(proc, log_dir / f"seed{seed}.log")))

@@ -59,8 +59,11 @@ def most_confident(confidence: np.ndarray, mask: np.ndarray, n: int) -> np.ndarr
     return idx[np.argsort(-confidence[idx], kind="stable")[:n]]
 
 
-def figure(kind, idx, images, maps, labels, pred, conf, names, n, layer, alpha, total):
+def figure(kind, idx, images, maps, labels, pred, conf, names, n, layer, alpha, total, maps_randomised=None,
+           randomised_layer=""):
     overlays = [cam.overlay(images[i], m, alpha) for i, m in zip(idx, maps)]
+    randomised = None if maps_randomised is None else [
+        cam.overlay(images[i], m, alpha) for i, m in zip(idx, maps_randomised)]
     titles = [f"true: {names[labels[i]]}\npred: {names[pred[i]]} ({conf[i]:.2f})" for i in idx]
     color = "green" if kind == "correct" else "red"
     note = ""
@@ -69,7 +72,8 @@ def figure(kind, idx, images, maps, labels, pred, conf, names, n, layer, alpha, 
     elif len(idx) < n:
         note = f"only {len(idx)} {kind} prediction{'s' * (len(idx) > 1)} among the {total} test images ({n} requested)"
     title = f"Grad-CAM ({layer}) of the predicted class: most confident {kind} predictions"
-    return plots.gradcam_pairs([images[i] for i in idx], overlays, titles, [color] * len(idx), title, note)
+    return plots.gradcam_pairs([images[i] for i in idx], overlays, titles, [color] * len(idx), title, note,
+                               randomised=randomised, randomised_label=f"{randomised_layer} randomised")
 
 
 def _finite(x: float):
@@ -99,30 +103,36 @@ def main(argv=None):
     maps, model_logits = cam.grad_cam(model, x, classes, a.layer, a.batch_size, return_logits=True)
     check = cam.randomisation_check(model, x, classes, a.layer, a.randomise, a.seed, maps, a.batch_size)
     maps_np = maps.cpu().numpy().astype(np.float32)
+    random_np = check["maps"].cpu().numpy().astype(np.float32)
     agree = float((model_logits.argmax(1).cpu().numpy() == pred[idx]).mean()) if len(idx) else None
 
     start = 0
     for kind in ("correct", "incorrect"):
         k = chosen[kind]
         fig = figure(kind, k, test.images, maps_np[start:start + len(k)], test.labels, pred, conf, names,
-                     a.n, a.layer, a.alpha, len(test.labels))
+                     a.n, a.layer, a.alpha, len(test.labels), random_np[start:start + len(k)], a.randomise)
         plots.save(fig, getattr(a, kind))
         start += len(k)
     if a.maps:
         write_npz(a.maps, maps=maps_np, indices=idx, classes=pred[idx].astype(np.int64),
                   labels=test.labels[idx].astype(np.int64), correct=correct[idx],
                   confidence=conf[idx].astype(np.float32),
-                  maps_randomised=check["maps"].cpu().numpy().astype(np.float32))
+                  maps_randomised=random_np)
     rho = check["per_image"]
+    rho_summary = metrics.correlation_summary(rho)
     summary = {
         "layer": a.layer, "n": a.n, "target": "predicted class",
         "n_correct": int(len(chosen["correct"])), "n_incorrect": int(len(chosen["incorrect"])),
         "randomised_layer": a.randomise, "randomisation_seed": a.seed,
         "mean_rank_correlation_randomised": _finite(check["mean"]),
+        "rank_correlation_randomised": metrics.json_safe(rho_summary),
         "rank_correlation_randomised_per_image": [_finite(float(r)) for r in rho],
         "rank_correlation_note": ("Spearman correlation between each map and the map of a copy of the model "
-                                  f"with {a.randomise} re-initialised, averaged over images with non-constant "
-                                  "maps; maps that depend on the learned weights give values well below 1"),
+                                  f"with {a.randomise} re-initialised, over the n_used of n_images images whose "
+                                  "maps are not constant (n_dropped blank maps have no correlation); mean_abs and "
+                                  "median cannot let positive and negative values cancel; maps that depend on the "
+                                  "learned weights give values well below 1"),
+        "maps_scaling": plots.CAM_SCALE_NOTE,
         "prediction_agreement": agree, "indices": idx.tolist(), "maps_saved": bool(a.maps),
         "checkpoint": str(a.checkpoint), "predictions": str(a.predictions), "device": str(device),
         "seconds": round(time.perf_counter() - t0, 3),
@@ -131,9 +141,10 @@ def main(argv=None):
     if agree is not None and agree < 1:
         print(f"warning: the checkpoint predicts another class than {a.predictions} for "
               f"{round((1 - agree) * len(idx))} of {len(idx)} images (bf16 evaluation, or another model?)")
-    mean = summary["mean_rank_correlation_randomised"]
+    med = rho_summary["median"]
     print(f"Grad-CAM at {a.layer}: {len(chosen['correct'])} correct, {len(chosen['incorrect'])} incorrect images; "
-          f"rank correlation with {a.randomise} randomised: {'n/a' if mean is None else f'{mean:.3f}'}; "
+          f"median rank correlation with {a.randomise} randomised: {'n/a' if np.isnan(med) else f'{med:.3f}'} "
+          f"over {rho_summary['n_used']} of {rho_summary['n_images']} images; "
           f"{summary['seconds']:.1f}s on {device}")
 
 

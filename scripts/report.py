@@ -78,6 +78,19 @@ def main(argv=None):
         "superclass_top1": metrics.superclass_accuracy(labels, preds, fine_to_coarse),
         "semantic_share": metrics.semantic_share(labels, preds, fine_to_coarse),
     })
+    # The seed notebook's "expected results" block, key for key, so the two compare at a glance.
+    # Best/worst class by per-class accuracy; every class tied at the extreme is listed.
+    accuracy, _ = metrics.per_class_accuracy(metrics.confusion_matrix(labels, preds, len(fine_names)))
+    top, bottom = metrics.classes_at_extremes(accuracy)
+    summary["notebook"] = {
+        "overall_accuracy": summary["top1"], "macro_f1": macro["f1"], "weighted_f1": weighted["f1"],
+        "best_class": fine_names[top[0]] if len(top) else None,
+        "best_class_accuracy": float(accuracy[top[0]]) if len(top) else None,
+        "best_classes_tied": [fine_names[i] for i in top],
+        "worst_class": fine_names[bottom[0]] if len(bottom) else None,
+        "worst_class_accuracy": float(accuracy[bottom[0]]) if len(bottom) else None,
+        "worst_classes_tied": [fine_names[i] for i in bottom],
+    }
     write_json(a.summary, metrics.json_safe(summary))
 
     text = (report["text"].rstrip("\n") + "\n\n"

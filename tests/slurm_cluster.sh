@@ -85,6 +85,9 @@ ReturnToService=2
 SlurmdParameters=config_overrides
 GresTypes=gpu
 SchedulerParameters=sched_interval=1
+# Listen on one address, never on every interface: slurmctld on SlurmctldHost's 127.0.0.1, slurmd
+# and srun on what this host's name resolves to (127.0.0.1 on most CI runners and containers).
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE CPUs=$CPUS RealMemory=$MEM_MB Gres=$gres State=UNKNOWN
 PartitionName=cpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$NODE Default=NO MaxTime=INFINITE State=UP

@@ -248,3 +248,38 @@ def test_correlation_summary_counts_dropped_and_cannot_cancel():
     assert s["median"] == pytest.approx(np.median(used)) and (s["min"], s["max"]) == (-0.6, 0.6)
     empty = metrics.correlation_summary([np.nan])
     assert empty["n_used"] == 0 and math.isnan(empty["mean_abs"])
+
+
+# --- the report's headline ----------------------------------------------------------------------
+
+
+def test_headline_states_intervals_seeds_selection_and_notebook_block(tmp_path):
+    import json
+
+    from cifar100.files import write_csv
+    from helpers import load_script
+
+    runs = []
+    for seed, top1 in enumerate([0.30, 0.98]):
+        p = tmp_path / f"summary{seed}.json"
+        p.write_text(json.dumps({
+            "recipe": "baseline", "seed": seed, "top1": top1, "top5": 0.99, "macro_f1": top1, "ece": 0.05,
+            "selection": "best_test", "selected_epoch": 3 + seed,
+            "notebook": {"overall_accuracy": top1, "macro_f1": top1 - 0.01, "weighted_f1": top1 - 0.02,
+                         "best_class": "apple", "best_class_accuracy": 1.0, "best_classes_tied": ["apple", "bee"],
+                         "worst_class": "worm", "worst_class_accuracy": 0.1, "worst_classes_tied": ["worm"]}}))
+        runs.append(p)
+    rows = replicates.seeds_summary([replicates.read_summary(p) for p in runs])
+    write_csv(tmp_path / "seeds_summary.csv", rows, replicates.SUMMARY_FIELDS)
+    out = tmp_path / "headline.rst"
+    load_script("headline").main(["--seeds-summaries", str(tmp_path / "seeds_summary.csv"), "--runs",
+                                  *map(str, runs), "--headline", str(out)])
+    text = out.read_text()
+    assert "0.6400 [0.0000, 1.0000]" in text  # top-1 of two seeds: mean, truncated t interval
+    assert "t interval truncated to [0, 1]" in text and "best_test" in text
+    line = [x for x in text.splitlines() if x.startswith("baseline") and "0.6400" in x][0]
+    assert line.split()[1] == "2"  # seeds
+    assert "apple 1.00 (+1 tied)" in text and "worm 0.10" in text and "4 (best_test)" in text
+    from docutils.core import publish_parts
+    html = publish_parts(text, writer_name="html")["html_body"]
+    assert html.count("<table") == 2 and "System Message" not in html  # valid RST: two tables

@@ -202,8 +202,9 @@ def model_ckpt(tiny_data, tmp_path_factory):
 
 
 def _evaluate_error(ckpt, data_dir):
-    p = run_script("evaluate.py", "--checkpoint", ckpt, "--data-dir", data_dir, "--out-dir",
-                   ckpt.parent / "eval", check=False)
+    p = run_script("evaluate.py", "--checkpoint", ckpt, "--data-dir", data_dir, "--predictions",
+                   ckpt.parent / "eval" / "predictions.npz", "--metrics", ckpt.parent / "eval" / "metrics.json",
+                   check=False)
     assert p.returncode == 2, p.stdout + p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("evaluate.py: error: "), p.stderr

@@ -56,7 +56,9 @@ def write_seed(root: Path, recipe: str, seed: int, top1: float, epochs: int = 3)
 def aggregate_args(files, out):
     return [str(a) for a in ["--summaries", *[f["summary"] for f in files], "--histories",
                              *[f["history"] for f in files], "--per-class", *[f["per_class"] for f in files],
-                             "--out-dir", out]]
+                             "--seeds-summary", Path(out) / "seeds_summary.csv",
+                             "--seeds-per-class", Path(out) / "seeds_per_class.csv",
+                             "--curves", Path(out) / "seeds_curves.png"]]
 
 
 @pytest.fixture
@@ -179,7 +181,7 @@ def test_seeds_curves_figure():
 
 
 def test_help(capsys):
-    for name, flag in (("aggregate", "--per-class"), ("compare", "--out-figure")):
+    for name, flag in (("aggregate", "--per-class"), ("compare", "--figure")):
         with pytest.raises(SystemExit) as e:
             load_script(name).main(["--help"])
         assert e.value.code == 0
@@ -243,7 +245,7 @@ def test_compare_two_recipes(tmp_path):
     a = make_recipe(tmp_path, "baseline", [0.70, 0.72, 0.74])
     b = make_recipe(tmp_path, "cosine", [0.75])
     table, figure = tmp_path / "recipes_summary.csv", tmp_path / "recipes_comparison.png"
-    load_script("compare").main([str(x) for x in ["--summaries", a, b, "--out-table", table, "--out-figure", figure]])
+    load_script("compare").main([str(x) for x in ["--summaries", a, b, "--table", table, "--figure", figure]])
     rows = read_csv(table)
     assert [(r["recipe"], r["n_seeds"]) for r in rows] == [("baseline", "3"), ("cosine", "1")]
     assert float(rows[0]["top1_mean"]) == pytest.approx(0.72)
@@ -269,7 +271,7 @@ def test_comparison_figure_artists():
 def test_compare_one_recipe(tmp_path):
     a = make_recipe(tmp_path, "baseline", [0.70])
     table, figure = tmp_path / "t.csv", tmp_path / "f.png"
-    load_script("compare").main([str(x) for x in ["--summaries", a, "--out-table", table, "--out-figure", figure]])
+    load_script("compare").main([str(x) for x in ["--summaries", a, "--table", table, "--figure", figure]])
     assert [r["recipe"] for r in read_csv(table)] == ["baseline"] and figure.is_file()
 
 
@@ -277,7 +279,7 @@ def test_compare_refuses_a_recipe_twice(tmp_path, capsys):
     a = make_recipe(tmp_path, "baseline", [0.70, 0.71])
     with pytest.raises(SystemExit) as e:
         run_cli(load_script("compare").main,
-                [str(x) for x in ["--summaries", a, a, "--out-table", tmp_path / "t.csv",
-                                  "--out-figure", tmp_path / "f.png"]])
+                [str(x) for x in ["--summaries", a, a, "--table", tmp_path / "t.csv",
+                                  "--figure", tmp_path / "f.png"]])
     assert e.value.code == 2 and "more than one summary" in capsys.readouterr().err
     assert not (tmp_path / "t.csv").exists()

@@ -36,8 +36,9 @@ def targets():
 
 
 def snakemake(workflow: Path, workdir: Path, *args):
+    # --configfile takes several files: the targets go before it.
     cmd = [sys.executable, "-m", "snakemake", "-s", str(workflow / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(workflow / "tests" / "study.yaml"), *map(str, args)]
+           *map(str, args), "--configfile", str(workflow / "tests" / "study.yaml")]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if p.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")

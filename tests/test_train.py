@@ -99,7 +99,8 @@ def test_log_file_gets_one_line_per_epoch_and_no_carriage_returns(tiny_data, tmp
 def test_evaluate_writes_predictions_and_metrics(tiny_data, tmp_path):
     run = tmp_path / "run"
     run_script("train.py", *train_args(tiny_data, run))
-    run_script("evaluate.py", "--checkpoint", run / "model.pt", "--data-dir", tiny_data, "--device", "cpu")
+    run_script("evaluate.py", "--checkpoint", run / "model.pt", "--data-dir", tiny_data, "--device", "cpu",
+               "--predictions", run / "predictions.npz", "--metrics", run / "metrics.json")
     pred = np.load(run / "predictions.npz")
     assert pred["logits"].dtype == np.float32 and pred["logits"].shape == (100, 10)
     assert pred["labels"].dtype == np.int64
@@ -119,6 +120,7 @@ def test_a_dataset_with_other_classes_trains_and_evaluates(tmp_path):
     data.write_synthetic(tmp_path / "d", train_size=90, test_size=30, num_classes=3, num_coarse=1)
     run = tmp_path / "run"
     run_script("train.py", *train_args(tmp_path / "d", run, {**TINY_RECIPE, "epochs": 1}))
-    run_script("evaluate.py", "--checkpoint", run / "model.pt", "--data-dir", tmp_path / "d")
+    run_script("evaluate.py", "--checkpoint", run / "model.pt", "--data-dir", tmp_path / "d",
+               "--predictions", run / "predictions.npz", "--metrics", run / "metrics.json")
     assert np.load(run / "predictions.npz")["logits"].shape == (30, 3)
     assert json.loads((run / "metrics.json").read_text())["num_classes"] == 3

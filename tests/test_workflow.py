@@ -1,8 +1,13 @@
-"""The whole DAG on the tiny config, run by Snakemake as a user would, and what reruns after an edit."""
+"""The whole DAG on the tiny config, run by Snakemake as a user would, and what reruns after an edit.
+
+The shared run lives in folders whose names hold a space and non-ASCII letters, and its data_dir
+holds shell syntax (`$(...)`, backticks, `;`): nothing of it may run, and every rule must still work.
+"""
 
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -11,26 +16,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REPO, workflow_outputs
 
-from helpers import REPO, RUN_OUTPUTS, SHARED_OUTPUTS
+from cifar100 import data
 
 pytestmark = pytest.mark.slow
 
 ANALYSIS_RULES = {"samples", "curves", "confusion", "errors", "report", "gradcam", "aggregate", "compare"}
+# A data_dir a careless (or hostile) config could hold: every piece of shell syntax in it must stay text.
+HOSTILE_DATA_DIR = "data dir ü; $(touch pwned-dollar) `touch pwned-backtick` && touch pwned-and"
+MARKERS = ("pwned-dollar", "pwned-backtick", "pwned-and")
 
 
-def snakemake(workflow: Path, workdir: Path, *args, check=True):
+def snakemake(workflow: Path, workdir: Path, *args, check=True, configs=None):
+    configs = configs or [workflow / "tests" / "tiny.yaml", workflow.parent / "odd.yaml"]
     cmd = [sys.executable, "-m", "snakemake", "-s", str(workflow / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(workflow / "tests" / "tiny.yaml"), *map(str, args)]
+           "--configfile", *map(str, configs), *map(str, args)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     if check and p.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
     return p
 
 
-def planned(workflow, workdir, *args) -> dict:
+def planned(workflow, workdir, *args, configs=None) -> dict:
     """{rule: count} of what a dry run would execute."""
-    out = snakemake(workflow, workdir, "-n", *args).stdout
+    out = snakemake(workflow, workdir, "-n", *args, configs=configs).stdout
     if "Nothing to be done" in out:
         return {}
     table = out.split("Job stats:", 1)[1].split("total", 1)[0]
@@ -40,23 +50,53 @@ def planned(workflow, workdir, *args) -> dict:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A private copy of the workflow (so edits below touch only the copy) and one full run of it."""
-    root = tmp_path_factory.mktemp("wf")
-    workflow, workdir = root / "workflow", root / "run"
+    root = tmp_path_factory.mktemp("wf") / "odd näme"
+    workflow, workdir = root / "work flow", root / "run dir é"
     shutil.copytree(REPO, workflow, ignore=shutil.ignore_patterns(
-        ".git", "results", "data", ".snakemake", "__pycache__", "*.egg-info", ".pytest_cache"))
+        ".git", "results", "data", ".snakemake", "__pycache__", "*.egg-info", ".pytest_cache", ".gpu_wheels"))
+    (root / "odd.yaml").write_text(f"data_dir: '{HOSTILE_DATA_DIR}'\n")
     snakemake(workflow, workdir, "--cores", "2")
     return workflow, workdir
 
 
-def test_every_output_exists_for_every_seed(run):
-    _, wd = run
+@pytest.fixture(scope="module")
+def expected(run):
+    """Every output the rules declare, as Snakemake lists them."""
+    workflow, wd = run
+    return workflow_outputs(workflow / "Snakefile", wd, workflow / "tests/tiny.yaml", workflow.parent / "odd.yaml")
+
+
+def test_every_declared_output_exists_for_every_seed(run, expected):
+    workflow, wd = run
+    assert any("seed1/" in f for f in expected) and any(f.endswith("recipes_summary.csv") for f in expected)
+    missing = [f for f in expected if not (wd / f).is_file()]
+    assert not missing, missing
     for seed in (0, 1):
-        for name in [*RUN_OUTPUTS, "logs/train.log", "logs/evaluate.log", "benchmarks/train.tsv"]:
+        for name in ["logs/train.log", "logs/evaluate.log", "benchmarks/train.tsv"]:
             assert (wd / f"results/baseline/seed{seed}" / name).is_file(), f"seed{seed}/{name} missing"
-    for name in SHARED_OUTPUTS:
-        assert (wd / name).is_file(), name
-    assert (wd / "data/cifar-100-python/meta").is_file()  # landed in the working directory
     assert not list(wd.rglob("*.tmp*")), "temp files left behind"
+
+
+def test_readme_outputs_tables_name_every_output(expected):
+    readme = (REPO / "README.md").read_text()
+    missing = sorted({Path(f).name for f in expected} - set(re.findall(r"`([^`/]+\.\w+)`", readme)))
+    assert not missing, f"outputs missing from the README's tables: {missing}"
+
+
+def test_config_text_never_runs_as_a_command(run):
+    workflow, wd = run
+    for marker in MARKERS:
+        assert not list(workflow.parent.rglob(marker)), f"{marker}: a config value ran as shell code"
+        assert not Path(marker).exists()
+
+
+def test_synthetic_data_lives_in_its_own_folder(run):
+    _, wd = run
+    data_dir = wd / HOSTILE_DATA_DIR
+    (synthetic,) = data_dir.glob("synthetic-*")
+    assert (synthetic / "cifar-100-python" / "meta").is_file()
+    assert not (data_dir / "cifar-100-python").exists(), "synthetic data where real CIFAR-100 lives"
+    assert not list(data_dir.glob(".incoming-*"))
 
 
 def test_training_learned_and_seeds_differ(run):
@@ -72,11 +112,11 @@ def test_up_to_date_after_the_run(run):
 
 
 @contextmanager
-def edited(path: Path):
+def edited(path: Path, text="\n# edited\n"):
     """Edit a file as a person would (new content, newer mtime: Snakemake checks both), then undo
     the edit so that the next test starts from an up-to-date workflow again."""
     original = path.read_text()
-    path.write_text(original + f"\n# edited at {time.time()}\n")
+    path.write_text(original + text + f"# at {time.time()}\n")
     t = time.time() + 5
     os.utime(path, (t, t))
     try:
@@ -107,7 +147,24 @@ def test_editing_training_code_reruns_training_and_everything_downstream(run):
         jobs = planned(workflow, wd)
     assert jobs.get("train") == 2 and jobs.get("evaluate") == 2
     assert ANALYSIS_RULES <= set(jobs)
-    assert "download" not in jobs
+    assert "dataset" not in jobs
+
+
+def test_a_new_import_in_a_module_becomes_a_code_input_of_its_rules(run):
+    """metrics.py starts to import cam.py: every rule whose script uses metrics now lists cam.py,
+    with no edit of the Snakefile."""
+    workflow, wd = run
+    metrics = workflow / "scripts/cifar100/metrics.py"
+    st = metrics.stat()
+    before = snakemake(workflow, wd, "-n", "--forcerun", "confusion").stdout
+    with edited(metrics, "\nfrom . import cam  # noqa: F401\n"):
+        os.utime(metrics, ns=(st.st_atime_ns, st.st_mtime_ns))
+        after = snakemake(workflow, wd, "-n", "--forcerun", "confusion").stdout
+
+    def inputs(out):
+        return out.split("rule confusion:", 1)[1].split("output:", 1)[0]
+
+    assert "cifar100/cam.py" not in inputs(before) and "cifar100/cam.py" in inputs(after)
 
 
 def test_a_newer_download_script_never_refetches_existing_data(run):
@@ -120,7 +177,7 @@ def test_changing_an_analysis_parameter_reruns_only_that_analysis(run, tmp_path)
     workflow, wd = run
     override = tmp_path / "gallery.yaml"
     override.write_text("analysis:\n  gallery_size: 5\n")
-    jobs = planned(workflow, wd, "--configfile", workflow / "tests/tiny.yaml", override)
+    jobs = planned(workflow, wd, configs=[workflow / "tests/tiny.yaml", workflow.parent / "odd.yaml", override])
     assert jobs.get("errors") == 2 and set(jobs) <= {"errors", "all"}
 
 
@@ -135,12 +192,28 @@ def test_command_line_lists_and_booleans_read_as_yaml(run):
     assert jobs.get("train") == 1  # only the new seed; seeds 0 and 1 are up to date
 
 
-def test_bad_config_stops_before_any_job(run):
+def test_other_synthetic_settings_are_another_dataset_and_retrain(run):
     workflow, wd = run
-    p = snakemake(workflow, wd, "-n", "--config", "seeds=[]", check=False)
-    assert p.returncode != 0 and "config key seeds" in p.stdout + p.stderr
-    p = snakemake(workflow, wd, "-n", "--config", "runs=[baseline,adamw]", check=False)
-    assert p.returncode != 0 and "recipe 'adamw' is not defined" in p.stdout + p.stderr
+    jobs = planned(workflow, wd, "--config", "synthetic={'noise': 0.5}")
+    assert jobs.get("dataset") == 1 and jobs.get("train") == 2
+
+
+def test_switching_to_real_data_offline_fails_cleanly_and_keeps_the_synthetic_set(run):
+    """The README's "try it here", then the main job in the same folder, on a machine without
+    internet: one line naming the problem; the synthetic set and every result are still there."""
+    workflow, wd = run
+    def results():  # every result but the logs (the failed job's own log is rewritten, as it should be)
+        return {p: p.stat().st_mtime_ns for p in (wd / "results").rglob("*") if p.is_file() and "logs" not in p.parts}
+
+    before = results()
+    synthetic = next((wd / HOSTILE_DATA_DIR).glob("synthetic-*"))
+    p = snakemake(workflow, wd, "--cores", "1", "--config", "dataset=cifar100", check=False)
+    assert p.returncode != 0
+    log = (wd / "results/logs/dataset.log").read_text()
+    assert "cannot download CIFAR-100" in log and log.count("\n") == 1
+    assert (synthetic / "cifar-100-python" / "train").is_file()
+    assert not (wd / HOSTILE_DATA_DIR / "cifar-100-python").exists()
+    assert results() == before  # nothing deleted, rewritten or added
 
 
 def test_html_report_holds_every_figure(run):
@@ -149,3 +222,86 @@ def test_html_report_holds_every_figure(run):
     html = (wd / "report.html").read_text(errors="replace")
     for category in ("training", "evaluation", "errors", "interpretability", "replicates"):
         assert category in html
+
+
+# --- a pre-staged dataset: used as it is, read-only; training follows its content -------------------
+
+@pytest.fixture(scope="module")
+def prestaged(run, tmp_path_factory):
+    """CIFAR-100 "pre-staged" by an admin: a read-only folder (synthetic content in the official
+    layout), trained on for one seed in a fresh working directory."""
+    workflow, _ = run
+    root = tmp_path_factory.mktemp("prestaged")
+    data.write_synthetic(root / "shared data", train_size=300, test_size=100, num_classes=10, num_coarse=5)
+    folder = root / "shared data" / "cifar-100-python"
+    for p in [*folder.iterdir(), folder]:
+        p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    override = root / "prestaged.yaml"
+    override.write_text(f"dataset: cifar100\ndata_dir: '{root / 'shared data'}'\nseeds: [0]\n")
+    configs = [workflow / "tests/tiny.yaml", override]
+    wd = root / "work"
+    snakemake(workflow, wd, "--cores", "2", "--until", "train", configs=configs)
+    yield workflow, wd, configs, folder
+    for p in [folder, *folder.iterdir()]:
+        p.chmod(p.stat().st_mode | stat.S_IWUSR)
+
+
+def test_prestaged_data_is_read_in_place_and_a_second_invocation_plans_no_training(prestaged):
+    workflow, wd, configs, folder = prestaged
+    assert (wd / "results/baseline/seed0/model.pt").is_file()
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["cifar-100-python"]  # nothing added
+    assert "train" not in planned(workflow, wd, configs=configs)
+
+
+def test_changed_data_in_place_reruns_training(prestaged):
+    workflow, wd, configs, folder = prestaged
+    test = data.load(folder.parent).test
+    folder.chmod(folder.stat().st_mode | stat.S_IWUSR)
+    (folder / "test").chmod(0o644)
+    data.write_split(folder / "test", test.images[::-1], test.labels[::-1], test.coarse[::-1])
+    assert planned(workflow, wd, configs=configs).get("train") == 1
+
+
+def test_partial_prestaged_folder_stops_before_any_job_naming_the_file(run, tmp_path):
+    workflow, wd = run
+    data.write_synthetic(tmp_path / "d", train_size=30, test_size=10, num_classes=3, num_coarse=1)
+    (tmp_path / "d/cifar-100-python/test").unlink()
+    before = sorted(p.name for p in (tmp_path / "d/cifar-100-python").iterdir())
+    p = snakemake(workflow, wd, "-n", "--config", "dataset=cifar100", f"data_dir={tmp_path / 'd'}", check=False)
+    assert p.returncode != 0 and "cifar-100-python/test: missing from the dataset folder" in p.stdout + p.stderr
+    assert sorted(p.name for p in (tmp_path / "d/cifar-100-python").iterdir()) == before
+
+
+# --- every bad input is one line before any job starts ----------------------------------------------
+
+BAD_CONFIGS = [
+    ("seeds: []", "config key seeds"),
+    ("runs: [baseline, adamw]", "recipe 'adamw' is not defined"),
+    ("recipes: {baseline: {epochs: 2.0}}", "config key recipes/baseline/epochs: 2.0 is not of type 'integer'"),
+    ("recipes: {baseline: {width: 8.0}}", "config key recipes/baseline/width"),
+    ("seeds: [4294967296]", "config key seeds/0"),
+    ("recipes: {baseline: {lr: .nan}}", "config key recipes/baseline/lr"),
+    ("recipes: {baseline: {lr: .inf}}", "config key recipes/baseline/lr"),
+    ("recipes: {baseline: {width: 100000}}", "config key recipes/baseline/width"),
+    ("analysis: {ece_bins: 1000000000}", "config key analysis/ece_bins"),
+    ("analysis: {gradcam_layer: layer9}", "config key analysis/gradcam_layer"),
+    ("selection: best_val\nval_size: 600", "config key val_size: 600 held-out images leave nothing"),
+    ("compile: true\ndeterministic: true", "config key compile"),
+    ("runs: ['base;touch x']", "config key runs/0"),
+    ("synthetic: {num_coarse: 20}", "config key synthetic/num_coarse"),
+    ("seeds: [0, 1\nruns: [baseline]", "bad.yaml"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_CONFIGS, ids=[b[0].split(":")[0] for b in BAD_CONFIGS])
+def test_bad_config_stops_before_any_job_naming_the_key(run, tmp_path, text, message):
+    workflow, wd = run
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text + "\n")
+    p = snakemake(workflow, wd, "-n", configs=[workflow / "tests/tiny.yaml", bad], check=False)
+    assert p.returncode != 0 and message in p.stdout + p.stderr, p.stdout[-1500:] + p.stderr[-1500:]
+
+
+def test_number_written_as_float_on_the_command_line_is_refused(run):
+    p = snakemake(*run, "-n", "--config", "val_size=1e3", check=False)
+    assert p.returncode != 0 and "config key val_size" in p.stdout + p.stderr

@@ -164,6 +164,10 @@ def check_combinations(config: dict) -> None:
     if config["compile"] and config["deterministic"]:
         raise ConfigError("config key compile: torch.compile is not bit-reproducible (Inductor autotunes and "
                           "caches kernel choices); use compile: false with deterministic: true")
+    for a, b in config["study"]["pairs"]:
+        for name in (a, b):
+            if name not in config["runs"]:
+                raise ConfigError(f"config key study/pairs: recipe {name!r} of pair [{a}, {b}] is not in runs")
     syn = config["synthetic"]
     if syn["num_coarse"] > syn["num_classes"]:
         raise ConfigError(f"config key synthetic/num_coarse: {syn['num_coarse']} superclasses for "

@@ -511,6 +511,9 @@ def recipes_comparison(recipes, summary: dict, points: dict | None = None, label
             lo = max(bounds[0] - 0.02 * span, float(values.min()) - pad) if len(values) else bounds[0]
             hi = min(bounds[1] + 0.02 * span, float(values.max()) + pad) if len(values) else bounds[1]
             ax.set_ylim(lo, hi)
+            ticks = [t for t in ax.get_yticks() if bounds[0] - 1e-9 <= t <= bounds[1] + 1e-9]
+            ax.set_yticks(ticks)  # no tick label promises a value the metric cannot take (1.01)
+            ax.set_ylim(lo, hi)
         ax.set_xticks(x, names, rotation=30 if len(recipes) > 3 else 0, ha="right" if len(recipes) > 3 else "center")
         ax.set_xlim(-0.6, len(recipes) - 0.4)
         ax.set_title(labels.get(m, m), fontsize=10)

@@ -106,8 +106,11 @@ def read_summary(path) -> dict:
     seed = _number(obj["seed"], path, "seed")
     if seed != int(seed):
         raise DataError(f"{path}: seed must be an integer, found {obj['seed']!r}")
+    epoch = obj.get("selected_epoch")  # optional: marks the evaluated epoch on the seeds' curves
     return {"recipe": str(obj["recipe"]), "seed": int(seed),
-            **{m: _number(obj[m], path, m) for m in METRICS}}
+            **{m: _number(obj[m], path, m) for m in METRICS},
+            "selected_epoch": None if epoch is None else int(_number(epoch, path, "selected_epoch")),
+            "selection": obj.get("selection")}
 
 
 def _read_csv(path, required) -> list[dict]:
