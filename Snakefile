@@ -115,6 +115,12 @@ def flag(name, on):
     return f"--{name}" if on else f"--no-{name}"
 
 
+def checkpoint_margin(wildcards, resources):
+    """train.py's --checkpoint-margin from the profile's train resource checkpoint_margin_s, if set."""
+    margin = resources.get("checkpoint_margin_s")
+    return "" if margin is None else f"--checkpoint-margin {int(margin)}"
+
+
 report: str(CAPTIONS / "workflow.rst")
 
 
@@ -170,13 +176,14 @@ rule train:
         precision=config["precision"],
         deterministic=flag("deterministic", config["deterministic"]),
         compile=flag("compile", config["compile"]),
+        margin=checkpoint_margin,
     # exec: the signals SLURM sends before a time limit reach python, not an intermediate shell.
     shell:
         "exec python {input.script:q} --recipe {wildcards.recipe:q} --recipe-json {params.recipe:q}"
         " --seed {wildcards.seed} --data-dir {params.data_dir:q} --model {output.model:q}"
         " --history {output.history:q} --selection {params.selection:q} --val-size {params.val_size}"
         " --precision {params.precision:q} {params.deterministic} {params.compile}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --threads {threads} {params.margin} > {log:q} 2>&1"
 
 
 rule evaluate:

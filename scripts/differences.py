@@ -38,7 +38,8 @@ def positive_float(text: str) -> float:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--summaries", nargs="+", required=True, help="summary.json of every seed of every recipe (required)")
+    p.add_argument("--summaries", nargs="+", required=True,
+                   help="summary.json of every seed of every recipe (required)")
     p.add_argument("--recipes-json", required=True,
                    help="JSON object of the compared recipes' definitions, in runs order (required)")
     p.add_argument("--pairs", nargs="*", default=[],

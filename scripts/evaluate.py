@@ -12,7 +12,7 @@ import argparse
 import numpy as np
 import torch
 
-from cifar100 import checkpoint, config, data, engine
+from cifar100 import checkpoint, config, data, engine, provenance
 from cifar100.cli import run_cli
 from cifar100.files import write_json, write_npz
 from cifar100.pipeline import DeviceSplit
@@ -56,6 +56,9 @@ def main(argv=None):
         "selection_note": ("best_test picks the epoch with the best test accuracy, as the notebook does: "
                            "optimistic, the test set was used for model selection")
         if ckpt["selection"] == "best_test" else "",
+        # How the result was made, so that a file found on disk a year later says so.
+        "run_spec": ckpt.get("run_spec"), "training_provenance": ckpt.get("provenance"),
+        "evaluation_provenance": provenance.provenance(device),
     }
     write_npz(a.predictions, logits=logits, labels=labels)
     write_json(a.metrics, metrics)

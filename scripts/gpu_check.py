@@ -28,6 +28,7 @@ from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
+from cifar100.cli import run_cli  # noqa: E402  (standard library only, as is cifar100.exceptions)
 
 # What the GPU machine lacks (its python3 holds torch, numpy, pytest, pyyaml, ...). Pinned at
 # --prepare to the versions installed here, which the CPU test suite ran with.
@@ -446,4 +447,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

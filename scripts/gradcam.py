@@ -7,12 +7,12 @@
         --summary results/baseline/seed0/gradcam_summary.json --maps results/baseline/seed0/gradcam_maps.npz
 
 Explains each image's predicted class (the class the model chose, right or wrong). Writes:
-  --correct               the --n most confident correct predictions, image beside overlay
-  --incorrect             the --n most confident incorrect predictions
-  --maps                  maps (float32 [M, 32, 32] in [0, 1]), indices, classes, ... (optional)
-  --summary               layer, sizes and the randomisation check: the mean Spearman correlation
-                          between these maps and those of a copy with --randomise re-initialised
-                          (Adebayo et al. 2018); near 1 would mean the maps ignore the learned weights
+    correct figure    the --n most confident correct predictions, image beside overlay
+    incorrect figure  the --n most confident incorrect predictions
+    maps (optional)   maps (float32 [M, 32, 32] in [0, 1]), indices, classes, ...
+    summary           layer, sizes and the randomisation check: the mean Spearman correlation
+                      between these maps and those of a copy with --randomise re-initialised
+                      (Adebayo et al. 2018); near 1 would mean the maps ignore the learned weights
 """
 
 import argparse

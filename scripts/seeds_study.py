@@ -70,8 +70,9 @@ def main(argv=None):
     for r in per_class:
         r["class_name"] = fine_names[r["class_index"]]
         r["superclass"] = coarse_names[fine_to_coarse[r["class_index"]]] if fine_to_coarse is not None else ""
-    write_csv(a.churn_per_class, [study.cells(r) for r in per_class], ["class_index", "class_name", "superclass", "n_images",
-                                             "accuracy_mean", "churn_mean", "churn_min", "churn_max"])
+    write_csv(a.churn_per_class, [study.cells(r) for r in per_class],
+              ["class_index", "class_name", "superclass", "n_images", "accuracy_mean", "churn_mean", "churn_min",
+               "churn_max"])
     ens = study.ensemble(logits, labels, a.ece_bins)
     write_csv(a.ensemble, [study.cells({"recipe": a.recipe, **ens})])
     noise = study.test_set_noise(correct)

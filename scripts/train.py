@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from cifar100 import config as cfg
-from cifar100 import data, engine
+from cifar100 import data, deadline, engine
 from cifar100.cli import positive_int, run_cli
 from cifar100.exceptions import ConfigError, Preempted, UserError
 from cifar100.files import ensure_dir
@@ -47,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=positive_int,
                    help="CPU threads (default: PyTorch's choice; deterministic runs use a fixed count)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default: %(default)s)")
+    p.add_argument("--checkpoint-margin", type=float, help="in a Slurm job with a time limit, checkpoint and "
+                   "stop this many seconds before it (default: none; the Snakefile passes the profile's)")
     return p.parse_args(argv)
 
 
@@ -100,14 +102,12 @@ def main(argv=None):
         log(f"slurm job {os.environ['SLURM_JOB_ID']}: partition {os.environ.get('SLURM_JOB_PARTITION')}, "
             f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}")
     try:
-        engine.train(ds, spec, out_dir, device=a.device, log=log)
+        with deadline.stop_before_end(a.checkpoint_margin, log):
+            engine.train(ds, spec, out_dir, device=a.device, log=log, model_path=model_path,
+                         history_path=history_path)
     except (Preempted, UserError) as e:
         log(f"stopped: {e}")
         raise
-    # TODO(lead): engine.train writes model.pt/history.csv into out_dir; pass the paths instead.
-    for made, wanted in ((out_dir / "model.pt", model_path), (out_dir / "history.csv", history_path)):
-        if made != wanted:
-            os.replace(made, wanted)
 
 
 if __name__ == "__main__":

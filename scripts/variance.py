@@ -27,7 +27,8 @@ FIELDS = ["family", "recipe", "vary", "metric", "n_seeds", "mean", "var", "var_c
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--summaries", nargs="+", required=True, help="summary.json of every seed of every recipe (required)")
+    p.add_argument("--summaries", nargs="+", required=True,
+                   help="summary.json of every seed of every recipe (required)")
     p.add_argument("--recipes-json", required=True, help="JSON object of the recipes' definitions (required)")
     p.add_argument("--table", required=True, help="CSV to write, e.g. results/variance_sources.csv (required)")
     p.add_argument("--figure", required=True, help="figure to write, e.g. results/variance_sources.png (required)")

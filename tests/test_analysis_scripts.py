@@ -126,7 +126,7 @@ def read_csv(path):
 def snakefile_flags(name):
     """Flags the Snakefile's shell line passes to scripts/<name>.py."""
     text = (REPO / "Snakefile").read_text()
-    m = re.search(r"\nrule " + name + r':\n.*?script=script\("' + name + r'\.py"\).*?shell:(.*?)> \{log\}', text, re.S)
+    m = re.search(r"\nrule " + name + r':\n.*?script=script\("' + name + r'\.py"\).*?shell:(.*?)> \{log(?::q)?\}', text, re.S)
     assert m, f"no shell line for {name}.py in the Snakefile"
     return set(re.findall(r"--[a-z][a-z-]*", m.group(1)))
 

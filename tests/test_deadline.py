@@ -78,18 +78,18 @@ def test_signals_itself_margin_seconds_before_the_end(usr1):
 
 
 def test_no_signal_after_the_block_ends(usr1):
-    fake = FakeSlurm(iso(time.time() + 3.5))
-    with deadline.stop_before_end(2.0, lambda m: None, {"SLURM_JOB_ID": "9"}, fake):
+    fake = FakeSlurm(iso(time.time() + 2.5))  # would stop 0.5 to 1.5 s from now
+    with deadline.stop_before_end(1.0, lambda m: None, {"SLURM_JOB_ID": "9"}, fake):
         pass
-    assert not usr1.wait(3.0)
+    assert not usr1.wait(2.0)
     assert len(fake.calls) == 1  # the timer never ran
 
 
 def test_a_raised_limit_moves_the_stop(usr1):
     now = time.time()
-    fake = FakeSlurm(iso(now + 3), iso(now + 3600))  # at the first stop, Slurm says an hour later
+    fake = FakeSlurm(iso(now + 2.5), iso(now + 3600))  # at the first stop, Slurm says an hour later
     with deadline.stop_before_end(1.0, lambda m: None, {"SLURM_JOB_ID": "9"}, fake):
-        assert not usr1.wait(4.0)
+        assert not usr1.wait(2.5)
     assert len(fake.calls) == 2
 
 

@@ -17,7 +17,7 @@ from torchvision.transforms import functional as TF
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from cifar100.pipeline import (MEAN, PAD, SIZE, STD, DeviceSplit, crop_flip, device_plan,  # noqa: E402
+from cifar100.pipeline import (MEAN, PAD, SIZE, STD, DeviceSplit, crop_flip,  # noqa: E402
                                epoch_plan, eval_batches, num_batches, train_batches)
 
 CHI2_8DOF_P001 = 26.12  # chi-square critical value, 8 degrees of freedom, p = 0.001

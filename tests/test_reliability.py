@@ -136,7 +136,8 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tiny_data, 
 
 
 def test_divergence_from_the_cli_is_one_line_and_exit_2(tiny_data, tmp_path):
-    recipe = {**TINY_RECIPE, "epochs": 2, "step_size": 1, "gamma": 1e12}
+    # weight decay 1 at lr 100 multiplies every weight by -99 a step: inf within two epochs
+    recipe = {**TINY_RECIPE, "epochs": 4, "lr": 100, "weight_decay": 1}
     p = run_script("train.py", *train_args(tiny_data, tmp_path, recipe), check=False)
     assert p.returncode == 2
     assert p.stderr.splitlines()[-1].startswith("train.py: error: training diverged at epoch 2")

@@ -250,7 +250,8 @@ def test_paired_comparison_matches_scipy_ttest_rel():
     assert row["test"] == "paired"
     assert row["difference"] == pytest.approx(np.mean(xa - xb))
     assert row["t"] == pytest.approx(ref.statistic) and row["p_value"] == pytest.approx(ref.pvalue)
-    assert row["df"] == ref.df and row["ci95_low"] == pytest.approx(ci.low) and row["ci95_high"] == pytest.approx(ci.high)
+    assert row["df"] == ref.df
+    assert row["ci95_low"] == pytest.approx(ci.low) and row["ci95_high"] == pytest.approx(ci.high)
     d = xa - xb
     assert row["p_a_beats_b"] == pytest.approx(stats.norm.sf(0, loc=d.mean(), scale=d.std(ddof=1)))
     assert row["p_a_beats_b_observed"] == pytest.approx(np.mean(d > 0))
@@ -417,3 +418,26 @@ def test_differences_and_variance_scripts(seed_files, tmp_path):
     with pytest.raises(DataError, match="--pairs x:z: no summary.json of recipe 'z'"):
         load_script("differences").main(["--summaries", *summaries, "--recipes-json", recipes, "--pairs", "x:z",
                                          "--table", str(tmp_path / "d.csv"), "--figure", str(tmp_path / "d.png")])
+
+
+def test_scripts_run_on_one_seed_and_one_recipe(seed_files, tiny_data, tmp_path):
+    """config.yaml's default (one seed, one recipe) still gets every file: empty cells and notes."""
+    from helpers import load_script
+
+    run = seed_files / "x" / "seed0"
+    flags = [a for k in ("churn", "churn-per-class", "ensemble", "test-set-noise", "selection-optimism")
+             for a in (f"--{k}", str(tmp_path / f"{k}.csv"))]
+    load_script("seeds_study").main(["--recipe", "x", "--predictions", str(run / "predictions.npz"), "--histories",
+                                     str(run / "history.csv"), "--seeds", "0", "--data-dir", str(tiny_data), *flags,
+                                     "--figure", str(tmp_path / "fig.png")])
+    assert list(csv.DictReader(open(tmp_path / "churn.csv"))) == []
+    (noise,) = csv.DictReader(open(tmp_path / "test-set-noise.csv"))
+    assert noise["observed_var"] == "" and noise["note"] == "one seed: no variance"
+    one = str(run / "summary.json")
+    load_script("differences").main(["--summaries", one, "--recipes-json", '{"x": {}}',
+                                     "--table", str(tmp_path / "d.csv"), "--figure", str(tmp_path / "d.png")])
+    assert open(tmp_path / "d.csv").read().startswith("recipe_a,recipe_b,metric,test")
+    assert list(csv.DictReader(open(tmp_path / "d.csv"))) == []
+    load_script("variance").main(["--summaries", one, "--recipes-json", '{"x": {}}',
+                                  "--table", str(tmp_path / "v.csv"), "--figure", str(tmp_path / "v.png")])
+    assert list(csv.DictReader(open(tmp_path / "v.csv"))) == [] and (tmp_path / "v.png").is_file()

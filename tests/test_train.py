@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from cifar100 import checkpoint, data, engine
-from cifar100.exceptions import CheckpointError
 from helpers import TINY_RECIPE, run_script, train_args
 
 

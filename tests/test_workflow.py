@@ -22,7 +22,8 @@ from cifar100 import data
 
 pytestmark = pytest.mark.slow
 
-ANALYSIS_RULES = {"samples", "curves", "confusion", "errors", "report", "gradcam", "aggregate", "compare"}
+ANALYSIS_RULES = {"samples", "curves", "confusion", "errors", "report", "gradcam", "aggregate", "compare",
+                  "seeds_study", "differences", "variance"}
 # A data_dir a careless (or hostile) config could hold: every piece of shell syntax in it must stay text.
 HOSTILE_DATA_DIR = "data dir ü; $(touch pwned-dollar) `touch pwned-backtick` && touch pwned-and"
 MARKERS = ("pwned-dollar", "pwned-backtick", "pwned-and")

@@ -392,10 +392,9 @@ class ResumeState:
         try:
             kw = {f.name: d[f.name] for f in fields(cls) if f.name not in ("epoch", "step")}
             kw.update(epoch=int(d["position"]["epoch"]), step=int(d["position"]["step"]))
-            for key in ("score", "epoch", "metrics", "state_dict"):
-                kw["best"][key]
-            if not isinstance(kw["history"], list) or (kw["complete"] and not isinstance(kw["best"]["state_dict"], dict)):
-                raise TypeError("history or best model")
+            best = {k: kw["best"][k] for k in ("score", "epoch", "metrics", "state_dict")}
+            if not isinstance(kw["history"], list) or (kw["complete"] and not isinstance(best["state_dict"], dict)):
+                raise TypeError("'history' or 'best' (malformed)")
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: resume checkpoint lacks field {e}") from e
         return cls(**kw)
@@ -535,9 +534,8 @@ def build(ds: Dataset, spec: RunSpec, device: torch.device, precision: str) -> P
     train_idx, val_idx = np.arange(len(ds.train)), None
     if spec.selection == "best_val":
         train_idx, val_idx = val_split_indices(ds.train.labels, spec.val_size)
-    split = lambda s, idx: DeviceSplit(s.images[idx], s.labels[idx], device)  # noqa: E731
-    train = split(ds.train, train_idx)
-    val = None if val_idx is None else split(ds.train, val_idx)
+    train = DeviceSplit(ds.train.images[train_idx], ds.train.labels[train_idx], device)
+    val = None if val_idx is None else DeviceSplit(ds.train.images[val_idx], ds.train.labels[val_idx], device)
     channels_last = device.type == "cuda"
     model = resnet18(ds.num_classes, r["width"]).to(device)
     if channels_last:

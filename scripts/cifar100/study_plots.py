@@ -38,6 +38,10 @@ def churn_heatmap(matrix: np.ndarray, seeds, ax=None):
     """Seeds x seeds share of test images with different top-1 predictions, in percent, annotated."""
     fig, ax = _fig_ax(ax, (3.6, 3.2))
     n = len(seeds)
+    if n < 2:
+        ax.text(0.5, 0.5, "one seed:\nno pair to compare", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
     mask = np.eye(n, dtype=bool)  # a seed never disagrees with itself: leave the diagonal blank
     sns.heatmap(100 * np.asarray(matrix), mask=mask, annot=n <= 12, fmt=".1f", cmap="rocket_r", vmin=0,
                 square=True, cbar_kws={"label": "predictions differ (% of test images)"}, ax=ax,
@@ -55,6 +59,7 @@ def correctness_rates(rates: np.ndarray, n_seeds: int, noise: dict | None = None
     k = np.rint(np.asarray(rates) * n_seeds).astype(int)
     counts = np.bincount(k, minlength=n_seeds + 1)
     sns.barplot(x=np.arange(n_seeds + 1), y=counts, color="tab:blue", ax=ax)
+    ax.set_ylim(0, 1.4 * max(counts.max(), 1))  # headroom for the text box above the bars
     ax.set_xlabel(f"seeds (of {n_seeds}) that get the image right")
     ax.set_ylabel("test images")
     ax.set_title("per-image correctness across seeds", fontsize=10)
@@ -72,11 +77,13 @@ def selection_optimism(optimism, seeds, ax=None):
     sns.stripplot(y=values, ax=ax, size=7, color="tab:purple", jitter=0.08)
     ax.axhline(values.mean(), color="black", lw=1.5, label=f"mean {values.mean():.2f} pts")
     ax.axhline(0, color="0.6", lw=0.8, ls="--")
-    ax.set_ylim(bottom=min(0.0, values.min()) - 0.1)
-    ax.set_ylabel("best-epoch minus last-epoch test accuracy (pts)")
+    low, high = min(0.0, values.min()), max(0.0, values.max())
+    pad = max(0.1 * (high - low), 0.1)
+    ax.set_ylim(low - pad, high + 2 * pad)  # zero (no optimism) always in view, room for the legend
+    ax.set_ylabel("best minus last epoch, test top-1 (pts)")
     ax.set_xticks([])
     ax.set_title(f"best_test optimism, {len(seeds)} seeds", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper right")
     return fig
 
 
@@ -114,7 +121,8 @@ def differences(rows: list[dict], metric: str = "top1", ax=None):
         p = ("no test" if not _finite(r["p_value"])
              else "p<0.001" if r["p_value"] < 0.001 else f"p={r['p_value']:.3f}")
         beats = f", P(A beats B)={r['p_a_beats_b']:.2f}" if _finite(r["p_a_beats_b"]) else ""
-        ax.annotate(f"{r['test'].capitalize()}, {p}{beats}", (1.02, yi), xycoords=("axes fraction", "data"), va="center",
+        ax.annotate(f"{r['test'].capitalize()}, {p}{beats}", (1.02, yi), xycoords=("axes fraction", "data"),
+                    va="center",
                     fontsize=8)
     ax.axvline(0, color="0.5", lw=1, ls="--")
     ax.set_yticks(y, [f"{r['recipe_a']} - {r['recipe_b']}" for r in rows])
@@ -154,12 +162,20 @@ def variance_sources(rows: list[dict], values: dict, metric: str = "top1", axes=
         left.set_ylabel(f"{label} (%)")
         left.set_xlabel("which randomness the seed drives")
         left.set_title(f"{fam} family: one dot per seed", fontsize=10)
+        clipped = False
         for i, r in enumerate(members):
             sd = 100 * r["sd"] if _finite(r["sd"]) else math.nan
             if _finite(r["sd_ci_low"]):
                 low, high = 100 * r["sd_ci_low"], 100 * r["sd_ci_high"]
-                right.errorbar(i, sd, yerr=[[sd - low], [high - sd]], fmt="o", capsize=5,
-                               color=SOURCE_COLORS.get(r["vary"], "tab:red"))
+                # Every metric is a share in [0, 1], whose sd over n seeds cannot exceed this: the
+                # chi-square bound (normal values) is drawn no higher, with an arrow when cut.
+                n = int(r["n_seeds"])
+                top = 100 * math.sqrt((n if n % 2 == 0 else n + 1) / (4 * (n - 1 if n % 2 == 0 else n)))
+                color = SOURCE_COLORS.get(r["vary"], "tab:red")
+                right.errorbar(i, sd, yerr=[[sd - low], [min(high, top) - sd]], fmt="o", capsize=5, color=color)
+                if high > top:
+                    clipped = True
+                    right.plot(i, top, marker="^", color=color, ms=8)
             share = f"{100 * r['share']:.0f}% of total var" if _finite(r["share"]) else ""
             if math.isfinite(sd):
                 right.annotate(share, (i, sd), xytext=(8, 0), textcoords="offset points", fontsize=8, va="center")
@@ -167,7 +183,8 @@ def variance_sources(rows: list[dict], values: dict, metric: str = "top1", axes=
         right.set_xlim(-0.5, len(members) - 0.3)
         right.set_ylim(bottom=0)  # an sd cannot be negative
         right.set_ylabel(f"sd of {label} between seeds (pts)")
-        right.set_title("sd with chi-square 95% interval", fontsize=10)
+        right.set_title("sd with chi-square 95% interval" + (" (^: cut at the largest possible sd)" if clipped else ""),
+                        fontsize=10)
         right.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
