@@ -19,9 +19,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# SLURM's warning before a time limit (profiles/slurm: --signal=USR1@...) reaches every process of
-# the job step, the snakemake running the job included, which USR1 would kill: ignore it here, so
-# that train.py alone handles it (checkpoint, exit non-zero, retried by Snakemake, resumes).
+# train.py stops itself ahead of its Slurm time limit (cifar100/deadline.py). A USR1 sent to the
+# whole job step instead (`scancel --signal=USR1`, or a site's `--signal=USR1@N`) reaches the
+# snakemake running the job too, which it would kill: ignore it here, so that train.py alone
+# handles it (checkpoint, exit non-zero, retried by Snakemake, resumes).
 def ignore_signal(signum, frame):
     pass
 

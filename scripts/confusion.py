@@ -3,7 +3,8 @@
 
     python scripts/confusion.py --predictions results/baseline/seed0/predictions.npz --data-dir data \
         --matrix results/baseline/seed0/confusion_matrix.png --per-class results/baseline/seed0/per_class_accuracy.csv \
-        --class-extremes results/baseline/seed0/class_extremes.png --superclass results/baseline/seed0/superclass_confusion.png \
+        --class-extremes results/baseline/seed0/class_extremes.png \
+        --superclass results/baseline/seed0/superclass_confusion.png \
         --summary results/baseline/seed0/confusion_summary.json
 
 Writes the five files it is given:

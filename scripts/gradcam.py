@@ -36,7 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--predictions", required=True, help="predictions.npz written by evaluate.py (required)")
     p.add_argument("--data-dir", default=config.default("data_dir"),
                    help="folder holding cifar-100-python/ (default: %(default)s)")
-    p.add_argument("--n", type=int, default=config.default("analysis", "gradcam_images"), help="images per figure, correct and incorrect (default: %(default)s)")
+    p.add_argument("--n", type=int, default=config.default("analysis", "gradcam_images"),
+                   help="images per figure, correct and incorrect (default: %(default)s)")
     p.add_argument("--layer", choices=LAYERS, default=config.default("analysis", "gradcam_layer"),
                    help="target layer (default: %(default)s)")
     p.add_argument("--randomise", choices=LAYERS, default=config.default("analysis", "gradcam_layer"),

@@ -26,7 +26,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds-summaries", nargs="+", required=True,
                    help="seeds_summary.csv of every recipe, written by aggregate.py (required)")
-    p.add_argument("--runs", nargs="+", required=True, help="summary.json of every run, written by report.py (required)")
+    p.add_argument("--runs", nargs="+", required=True,
+                   help="summary.json of every run, written by report.py (required)")
     p.add_argument("--headline", required=True, help="RST fragment to write, e.g. results/headline.rst (required)")
     return p.parse_args(argv)
 

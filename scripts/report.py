@@ -3,8 +3,10 @@
 
     python scripts/report.py --predictions results/baseline/seed0/predictions.npz \
         --metrics results/baseline/seed0/metrics.json --data-dir data --ece-bins 15 \
-        --report-csv results/baseline/seed0/classification_report.csv --report-json results/baseline/seed0/classification_report.json \
-        --report-txt results/baseline/seed0/classification_report.txt --reliability results/baseline/seed0/reliability_diagram.png \
+        --report-csv results/baseline/seed0/classification_report.csv \
+        --report-json results/baseline/seed0/classification_report.json \
+        --report-txt results/baseline/seed0/classification_report.txt \
+        --reliability results/baseline/seed0/reliability_diagram.png \
         --summary results/baseline/seed0/summary.json
 
 Writes the five files it is given:

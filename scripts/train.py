@@ -43,7 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction,
                    help="bit-reproducible, slower (default: the config's deterministic)")
     p.add_argument("--precision", choices=["bf16", "fp32"], help="CUDA autocast (default: the config's precision)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (default: the config's compile)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                   help="torch.compile (default: the config's compile)")
     p.add_argument("--threads", type=positive_int,
                    help="CPU threads (default: PyTorch's choice; deterministic runs use a fixed count)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default: %(default)s)")

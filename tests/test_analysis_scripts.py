@@ -5,7 +5,6 @@ Scripts run in-process through ``main(argv)`` (fast), and a few times as a user 
 """
 
 import csv
-import importlib.util
 import json
 import pickle
 import re
@@ -126,7 +125,8 @@ def read_csv(path):
 def snakefile_flags(name):
     """Flags the Snakefile's shell line passes to scripts/<name>.py."""
     text = (REPO / "Snakefile").read_text()
-    m = re.search(r"\nrule " + name + r':\n.*?script=script\("' + name + r'\.py"\).*?shell:(.*?)> \{log(?::q)?\}', text, re.S)
+    rule = r"\nrule " + name + r':\n.*?script=script\("' + name + r'\.py"\)'
+    m = re.search(rule + r".*?shell:(.*?)> \{log(?::q)?\}", text, re.S)
     assert m, f"no shell line for {name}.py in the Snakefile"
     return set(re.findall(r"--[a-z][a-z-]*", m.group(1)))
 

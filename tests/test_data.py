@@ -1,6 +1,5 @@
 """The loader: official layout, class names from meta, and a clear error for every broken input."""
 
-import os
 import pickle
 
 import numpy as np

@@ -109,7 +109,8 @@ def test_ties_at_the_cut_are_stated_and_drawn():
     assert notes == ["hatched: 20 classes share 1.00, 10 shown (lowest class index first)"]
     assert all(p.get_hatch() for p in best_ax.patches)
     assert not any(p.get_hatch() for p in worst_ax.patches) and "of 100" in best_ax.get_title()
-    assert {t.get_text() for t in best_ax.get_yticklabels()}.isdisjoint(t.get_text() for t in worst_ax.get_yticklabels())
+    best_names = {t.get_text() for t in best_ax.get_yticklabels()}
+    assert best_names.isdisjoint(t.get_text() for t in worst_ax.get_yticklabels())
 
 
 def test_classes_at_extremes_names_every_tied_class():

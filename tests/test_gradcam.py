@@ -1,7 +1,6 @@
 """Grad-CAM: the formula against a direct per-image computation, hooks, the sanity check, image
 utilities, the figure's artists and the script end to end on a tiny checkpoint."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path

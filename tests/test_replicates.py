@@ -2,7 +2,6 @@
 compare.py end to end on hand-made per-seed files."""
 
 import csv
-import importlib.util
 import json
 import math
 import sys

@@ -191,7 +191,8 @@ def _split(path: Path, num_fine: int, num_coarse: int | None) -> Split:
     data = d["data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         shape = getattr(data, "shape", None)
-        raise DataError(f"{path}: 'data' has shape {shape} {getattr(data, 'dtype', type(data).__name__)}, expected (N, 3072) uint8")
+        kind = getattr(data, "dtype", type(data).__name__)
+        raise DataError(f"{path}: 'data' has shape {shape} {kind}, expected (N, 3072) uint8")
     n = data.shape[0]
     labels = _labels(d, "fine_labels", n, path, num_fine)
     coarse = _labels(d, "coarse_labels", n, path, num_coarse) if num_coarse else None
@@ -286,7 +287,7 @@ def write_synthetic(
     look alike, so errors concentrate inside superclasses as they do on CIFAR-100.
     """
     if num_classes < 2 or num_coarse < 1 or num_coarse > num_classes:
-        raise DataError(f"synthetic: need num_classes >= 2 and 1 <= num_coarse <= num_classes")
+        raise DataError("synthetic: need num_classes >= 2 and 1 <= num_coarse <= num_classes")
     rng = np.random.default_rng(seed)
     coarse_of = np.arange(num_classes) % num_coarse
 

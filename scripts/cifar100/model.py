@@ -5,7 +5,6 @@ At width 64 and 100 classes it has exactly 11,220,132 parameters; ``width`` scal
 channel count (16 gives a model small enough for CPU tests).
 """
 
-import torch
 from torch import nn
 import torch.nn.functional as F
 
