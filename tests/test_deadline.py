@@ -60,7 +60,8 @@ def test_end_time_from_squeue_for_this_job():
 
 
 def test_end_time_falls_back_to_scontrol_when_squeue_fails():
-    show = "JobId=42 JobName=x\n   RunTime=00:00:05 TimeLimit=00:02:00\n   StartTime=2031-05-04T03:00:01 EndTime=2031-05-04T03:02:01 Deadline=N/A\n"
+    show = ("JobId=42 JobName=x\n   RunTime=00:00:05 TimeLimit=00:02:00\n"
+            "   StartTime=2031-05-04T03:00:01 EndTime=2031-05-04T03:02:01 Deadline=N/A\n")
     fake = FakeSlurm(None, show)
     assert deadline.job_end_time({"SLURM_JOB_ID": "42"}, fake) == datetime(2031, 5, 4, 3, 2, 1).timestamp()
     assert [c[0] for c in fake.calls] == ["squeue", "scontrol"]

@@ -217,6 +217,31 @@ def test_switching_to_real_data_offline_fails_cleanly_and_keeps_the_synthetic_se
     assert results() == before  # nothing deleted, rewritten or added
 
 
+def test_lost_session_rerun_incomplete_rebuilds_a_finished_training_without_training(run):
+    """The login node died while seed 0's training job finished: Snakemake marks the job incomplete
+    and --rerun-incomplete deletes its outputs. The rerun rebuilds them from the complete last.pt."""
+    workflow, wd = run
+    run_dir = wd / "results/baseline/seed0"
+    weights = (run_dir / "model.pt").read_bytes()
+    history = (run_dir / "history.csv").read_text()
+    for name in ("model.pt", "history.csv"):
+        (run_dir / name).unlink()
+    t0 = time.time()
+    snakemake(workflow, wd, "--cores", "2", "--rerun-incomplete", "--until", "train")
+    log = (run_dir / "logs/train.log").read_text()
+    assert "rebuilding model.pt and history.csv from it, no training" in log and "epoch 1/" not in log
+    assert (run_dir / "history.csv").read_text() == history
+    import torch
+
+    def state(blob):
+        import io
+        return torch.load(io.BytesIO(blob), weights_only=True)["state_dict"]
+
+    old, new = state(weights), state((run_dir / "model.pt").read_bytes())
+    assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
+    assert time.time() - t0 < 120
+
+
 def test_html_report_holds_every_figure(run):
     workflow, wd = run
     snakemake(workflow, wd, "--report", wd / "report.html")
