@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, help="untimed warm-up steps before each timed region "
                    f"(default: {DEFAULTS['cuda']['warmup']} on CUDA, {DEFAULTS['cpu']['warmup']} on the CPU)")
     p.add_argument("--data-batches", type=int, help="timed batches of the data pipeline alone "
-                   f"(default: {DEFAULTS['cuda']['data_batches']} on CUDA, {DEFAULTS['cpu']['data_batches']} on the CPU)")
+                   f"(default: {DEFAULTS['cuda']['data_batches']} on CUDA, "
+                   f"{DEFAULTS['cpu']['data_batches']} on the CPU)")
     p.add_argument("--eval-n", type=int, help="test images evaluated in the timed pass "
                    f"(default: {DEFAULTS['cuda']['eval_n']} on CUDA, {DEFAULTS['cpu']['eval_n']} on the CPU)")
     p.add_argument("--eval-batch", type=int,
@@ -95,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=str(cfg.REPO_CONFIG),
                    help="config holding the baseline recipe (default: config.yaml at the repository root)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own, one per core)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the shuffles (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the synthetic data and the shuffles (default: %(default)s)")
     p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                    help="also run (b), the notebook's pipeline (default: %(default)s)")
     p.add_argument("--reference-json", help="with --no-reference: take (b)'s figures from this earlier --json "
@@ -166,7 +168,7 @@ class PeakMemory:
             return {"peak_memory_bytes": allocated, "allocated_peak_bytes": allocated,
                     "reserved_peak_bytes": reserved}
         if "VmHWM" in self.kind:
-            line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
+            line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM"))
             return {"peak_memory_bytes": int(line.split()[1]) * 1024}
         return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
@@ -275,7 +277,6 @@ def bench_project(args, recipe, train_np, test_np, mem):
         res["context_bytes"] = mem.context_bytes()
         res["process_peak_bytes"] = res["reserved_peak_bytes"] + res["context_bytes"]
         res["nvidia_smi_bytes"] = nvidia_smi_process_bytes()
-    del model, net, opt, train_split, test_split, batches
     return res
 
 
@@ -379,10 +380,8 @@ def bench_reference(args, recipe, train_np, test_np, mem):
             count += len(y)
 
         s = timed(device, eval_batch, len(test_loader) - 1)
-        del it
     res["eval_ips"] = count / s
     res.update(mem.peaks())
-    del model, opt
     return res
 
 
@@ -392,8 +391,8 @@ def device_name(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
-        model = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                     if l.startswith("model name"))
+        model = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                     if ln.startswith("model name"))
     except (OSError, StopIteration):
         model = platform.processor() or platform.machine()
     return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
@@ -513,8 +512,8 @@ def main(argv=None):
     for r in (results["project"], results["reference"]):
         if r is not None:
             r["projected_100_epochs_s"] = projected_100_epochs(r)
-    results["ratios"] = ({} if results["reference"] is None else
-                         {k: results["project"][k] / results["reference"][k] for k in ("data_ips", "train_ips", "eval_ips")})
+    a, b = results["project"], results["reference"]
+    results["ratios"] = {} if b is None else {k: a[k] / b[k] for k in ("data_ips", "train_ips", "eval_ips")}
     results["targets"] = targets(results, cuda)
     print(report(results), flush=True)
     if args.json:

@@ -21,7 +21,6 @@ Without --pairs: every pair of recipes whose vary is all, in --recipes-json orde
 """
 
 import argparse
-import json
 
 from cifar100 import config, replicates, study, study_plots
 from cifar100.cli import run_cli
@@ -67,14 +66,7 @@ def parse_pairs(pairs: list[str], known) -> list[tuple[str, str]]:
 
 def main(argv=None):
     a = parse_args(argv)
-    try:
-        recipes = json.loads(a.recipes_json)
-    except json.JSONDecodeError as e:
-        raise DataError(f"--recipes-json: not valid JSON ({e})") from None
-    runs = study.by_recipe([replicates.read_summary(p) for p in a.summaries], a.summaries)
-    missing = [r for r in runs if r not in recipes]
-    if missing:
-        raise DataError(f"--recipes-json: no definition of recipe {missing[0]!r} (its summary.json is given)")
+    recipes, runs = study.recipes_and_runs(a.recipes_json, a.summaries)
     pairs = parse_pairs(a.pairs, runs) if a.pairs else study.default_pairs([r for r in recipes if r in runs], recipes)
     rows = [study.compare(runs[x] | {"values": runs[x]["values"][m]}, runs[y] | {"values": runs[y]["values"][m]},
                           m, a.interval_width) for x, y in pairs for m in replicates.METRICS]

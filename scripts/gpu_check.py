@@ -175,6 +175,15 @@ def epoch_times(lines, start: float) -> dict:
             "steady_epoch_s": statistics.median(gaps) if gaps else None}
 
 
+def training_images(lines) -> int | None:
+    """Images per epoch, from train.py's first line ("training ... on cuda: 50000 images, ...")."""
+    for _, line in lines:
+        m = re.search(r": (\d+) images, \d+ classes", line)
+        if m:
+            return int(m[1])
+    return None
+
+
 def read_history(path: Path) -> list[dict]:
     import csv
 
@@ -195,8 +204,8 @@ def train(data_dir: Path, out_dir: Path, seeds: list[int], epochs: int, log_dir:
         run_dir = out_dir / f"seed{seed}"
         shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resume
         cmd = [sys.executable, str(SCRIPTS / "train.py"), "--recipe-json", json.dumps(recipe), "--seed", str(seed),
-               "--data-dir", str(data_dir), "--model", str(run_dir / "model.pt"), "--device", device, "--precision", "bf16",
-               "--no-deterministic", "--no-compile", "--selection", "last"]
+               "--data-dir", str(data_dir), "--model", str(run_dir / "model.pt"), "--device", device,
+               "--precision", "bf16", "--no-deterministic", "--no-compile", "--selection", "last"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         runs.append((seed, run_dir, proc, Lines(proc, log_dir / f"seed{seed}.log")))
     out = {"seeds": seeds, "epochs": epochs, "recipe": recipe, "device": device, "runs": []}
@@ -209,7 +218,7 @@ def train(data_dir: Path, out_dir: Path, seeds: list[int], epochs: int, log_dir:
         out["runs"].append({
             "seed": seed, "returncode": rc, **epoch_times(lines.lines, t0), "train_s": train_s,
             "images_per_s": [float(row["images_per_s"]) for row in history],
-            "images": round(float(history[0]["images_per_s"]) * float(history[0]["seconds"])) if history else None,
+            "images": training_images(lines.lines),
             "test_acc": [float(row["test_acc"]) for row in history],
             "last_pt_bytes": last.stat().st_size if last.exists() else None,
             "tail": [line for _, line in lines.lines[-3:]] if rc else []})
@@ -275,7 +284,8 @@ def pytest_result(results: Path) -> str:
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     n = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
     passed = n["tests"] - n["failures"] - n["errors"] - n["skipped"]
-    bad = [c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None or c.find("error") is not None]
+    bad = [c.get("name") for c in suite.iter("testcase")
+           if c.find("failure") is not None or c.find("error") is not None]
     text = f"{passed} passed, {n['failures']} failed, {n['errors']} errors, {n['skipped']} skipped"
     return text + (f" ({', '.join(bad)})" if bad else "")
 
@@ -307,7 +317,8 @@ def table(results: Path) -> tuple[str, dict]:
         result = summary["pytest"] if s["stage"] == "pytest" and s["rc"] in ("0", "1") else s["status"]
         lines.append(f"{s['stage']:24s}{s['budget_s']:>7d}s{fmt(s['seconds'], '{:.0f}s'):>8s}  {result}")
 
-    lines += ["", "bench.py --device cuda (batch 128, width 64, steady state; memory in MB, process = reserved + context)",
+    lines += ["", "bench.py --device cuda (batch 128, width 64, steady state; "
+              "memory in MB, process = reserved + context)",
               f"{'':18s}{'train img/s':>12s}{'eval img/s':>12s}{'x notebook':>11s}{'allocated':>11s}"
               f"{'reserved':>10s}{'context':>9s}{'process':>9s}{'100 ep (s)':>11s}"]
     benches, reference = {}, None
@@ -323,15 +334,16 @@ def table(results: Path) -> tuple[str, dict]:
                              "allocated_peak_bytes", "reserved_peak_bytes", "context_bytes", "process_peak_bytes",
                              "projected_100_epochs_s", "warmup_s")}}
         m = benches[name]
-        lines.append(f"{label:18s}{a['train_ips']:>12,.0f}{a['eval_ips']:>12,.0f}{fmt(m['train_ratio'], '{:.1f}x'):>11s}"
+        lines.append(f"{label:18s}{a['train_ips']:>12,.0f}{a['eval_ips']:>12,.0f}"
+                     f"{fmt(m['train_ratio'], '{:.1f}x'):>11s}"
                      + "".join(f"{fmt(m[k] and m[k] / 1e6):>{w}s}" for k, w in (
                          ("allocated_peak_bytes", 11), ("reserved_peak_bytes", 10), ("context_bytes", 9),
                          ("process_peak_bytes", 9)))
                      + f"{a['projected_100_epochs_s']:>11,.0f}")
     if reference:
+        mb = {k: reference.get(k) and reference[k] / 1e6 for k in ("allocated_peak_bytes", "reserved_peak_bytes")}
         lines.append(f"{'notebook (fp32)':18s}{reference['train_ips']:>12,.0f}{reference['eval_ips']:>12,.0f}"
-                     f"{'1.0x':>11s}{fmt(reference.get('allocated_peak_bytes') and reference['allocated_peak_bytes'] / 1e6):>11s}"
-                     f"{fmt(reference.get('reserved_peak_bytes') and reference['reserved_peak_bytes'] / 1e6):>10s}")
+                     f"{'1.0x':>11s}{fmt(mb['allocated_peak_bytes']):>11s}{fmt(mb['reserved_peak_bytes']):>10s}")
     summary["bench"] = {**benches, "notebook": reference}
 
     full = read(results / "train.json")
@@ -405,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, nargs="+", default=[0], help="one training per seed, at once (default: 0)")
     s.add_argument("--epochs", type=int, default=3, help="epochs of each (default: %(default)s)")
     s.add_argument("--json", type=Path, required=True, help="where the timings go (required)")
-    s.add_argument("--logs", type=Path, required=True, help="each training's output goes here as seed<N>.log (required)")
+    s.add_argument("--logs", type=Path, required=True,
+                   help="each training's output goes here as seed<N>.log (required)")
     s.add_argument("--device", default="cuda", help="cuda or cpu (default: %(default)s)")
     s.add_argument("--width", type=int, help="model width (default: the baseline recipe's)")
     s.add_argument("--batch-size", type=int, help="batch size (default: the baseline recipe's)")

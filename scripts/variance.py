@@ -14,11 +14,9 @@ known to within a factor of about 40: read the intervals before the shares.
 """
 
 import argparse
-import json
 
 from cifar100 import replicates, study, study_plots
 from cifar100.cli import run_cli
-from cifar100.exceptions import DataError
 from cifar100.files import write_csv
 
 FIELDS = ["family", "recipe", "vary", "metric", "n_seeds", "mean", "var", "var_ci_low", "var_ci_high", "sd",
@@ -37,14 +35,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     a = parse_args(argv)
-    try:
-        recipes = json.loads(a.recipes_json)
-    except json.JSONDecodeError as e:
-        raise DataError(f"--recipes-json: not valid JSON ({e})") from None
-    runs = study.by_recipe([replicates.read_summary(p) for p in a.summaries], a.summaries)
-    missing = [r for r in runs if r not in recipes]
-    if missing:
-        raise DataError(f"--recipes-json: no definition of recipe {missing[0]!r} (its summary.json is given)")
+    recipes, runs = study.recipes_and_runs(a.recipes_json, a.summaries)
     rows = [row for m in replicates.METRICS
             for row in study.variance_sources(recipes, {r: runs[r]["values"][m] for r in runs}, m)]
     write_csv(a.table, [study.cells(r) for r in rows], FIELDS)

@@ -182,7 +182,7 @@ def load(path=REPO_CONFIG) -> dict:
         raise ConfigError(f"{path}: config file not found") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
         raise ConfigError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', None) or e})") from e
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys")

@@ -63,6 +63,22 @@ def stack_predictions(paths, labels: np.ndarray | None = None):
     return np.stack(logits), first_labels
 
 
+def recipes_and_runs(recipes_json: str, summary_paths) -> tuple[dict, dict]:
+    """The recipes' definitions (``--recipes-json``) and every seed's summary.json grouped by recipe
+    (``by_recipe``); DataError, naming the flag, when the JSON is broken or lacks a recipe."""
+    import json
+
+    try:
+        recipes = json.loads(recipes_json)
+    except json.JSONDecodeError as e:
+        raise DataError(f"--recipes-json: not valid JSON ({e})") from None
+    runs = by_recipe([replicates.read_summary(p) for p in summary_paths], summary_paths)
+    missing = [r for r in runs if r not in recipes]
+    if missing:
+        raise DataError(f"--recipes-json: no definition of recipe {missing[0]!r} (its summary.json is given)")
+    return recipes, runs
+
+
 def by_recipe(summaries: list[dict], paths) -> dict:
     """Per-seed summary.json contents (replicates.read_summary) grouped as
     {recipe: {"recipe", "seeds", "values": {metric: [...]}}}, seeds ascending; DataError when a
