@@ -247,8 +247,12 @@ def test_html_report_holds_every_figure(run):
     workflow, wd = run
     snakemake(workflow, wd, "--report", wd / "report.html")
     html = (wd / "report.html").read_text(errors="replace")
-    for category in ("training", "evaluation", "errors", "interpretability", "replicates"):
+    for category in ("training", "evaluation", "errors", "interpretability", "replicates", "tables"):
         assert category in html
+    # the summary tables are report items, and the headline numbers open the first page
+    for table in ("seeds_summary.csv", "recipes_summary.csv", "classification_report.csv", "confusion_matrix.svg"):
+        assert table in html, table
+    assert "top-1" in html and "macro F1" in html
 
 
 # --- a pre-staged dataset: used as it is, read-only; training follows its content -------------------
