@@ -132,7 +132,8 @@ def test_editing_an_analysis_script_reruns_only_that_analysis(run):
     with edited(workflow / "scripts/confusion.py"):
         jobs = planned(workflow, wd)
     assert jobs.get("confusion") == 2
-    assert set(jobs) <= {"confusion", "aggregate", "compare", "all"}  # aggregate reads per_class_accuracy.csv
+    # aggregate reads per_class_accuracy.csv; compare and headline read what aggregate writes
+    assert set(jobs) <= {"confusion", "aggregate", "compare", "headline", "all"}
 
 
 def test_editing_shared_plot_helpers_reruns_only_analyses(run):
