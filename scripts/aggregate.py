@@ -9,13 +9,16 @@
 
 Give the three lists in the same seed order. Writes:
   seeds_summary.csv    one row per seed, then mean, std, ci95_low, ci95_high, ci95_halfwidth of
-                       top1, top5, macro_f1 and ece (t distribution, n-1 degrees of freedom)
+                       top1, top5, macro_f1 and ece (t distribution, n-1 degrees of freedom),
+                       and best_minus_last_test_acc: how much higher the best epoch's test
+                       accuracy is than the last epoch's (what best_test selection adds)
   seeds_per_class.csv  per class: mean, std, min and max accuracy across seeds
   seeds_curves.png     test accuracy per epoch, one line per seed (and their mean)
 With one seed the std and interval cells are empty and the note column says why.
 """
 
 import argparse
+
 from cifar100 import plots, replicates
 from cifar100.cli import run_cli
 from cifar100.exceptions import DataError
@@ -45,13 +48,14 @@ def main(argv=None):
         raise DataError(f"--level must be between 0 and 1, got {a.level}")
     summaries = [replicates.read_summary(p) for p in a.summaries]
     recipe = replicates.check_replicates(summaries, a.summaries)
-    rows = replicates.seeds_summary(summaries, a.level)
+    curves = [replicates.read_history(p) for p in a.histories]
+    optimism = {s["seed"]: replicates.selection_optimism(acc) for s, (_, acc) in zip(summaries, curves)}
+    rows = replicates.seeds_summary(summaries, a.level, optimism)
     write_csv(a.seeds_summary, rows, replicates.SUMMARY_FIELDS)
 
     tables = [replicates.read_per_class(p) for p in a.per_class]
     write_csv(a.seeds_per_class, replicates.per_class_summary(tables, a.per_class))
 
-    curves = [replicates.read_history(p) for p in a.histories]
     labels = [f"seed {s['seed']}" for s in summaries]
     selected = {label: s["selected_epoch"] for label, s in zip(labels, summaries) if s["selected_epoch"] is not None}
     fig = plots.seeds_curves(dict(zip(labels, curves)), replicates.mean_curve(curves),

@@ -282,3 +282,27 @@ def test_compare_refuses_a_recipe_twice(tmp_path, capsys):
                                   "--figure", tmp_path / "f.png"]])
     assert e.value.code == 2 and "more than one summary" in capsys.readouterr().err
     assert not (tmp_path / "t.csv").exists()
+
+
+def test_seeds_summary_states_how_optimistic_best_test_selection_is(three_seeds, tmp_path):
+    """Per seed, the best epoch's test accuracy minus the last epoch's, from history.csv."""
+    peaks = {0: [0.50, 0.72, 0.70], 1: [0.60, 0.65, 0.65], 2: [0.40, 0.80, 0.71]}
+    for f, (seed, acc) in zip(three_seeds, peaks.items()):
+        rows = read_csv(f["history"])
+        for r, a in zip(rows, acc):
+            r["test_acc"] = a
+        with open(f["history"], "w", newline="") as out:
+            w = csv.DictWriter(out, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    out = tmp_path / "out"
+    load_script("aggregate").main(aggregate_args(three_seeds, out))
+    rows = read_csv(out / "seeds_summary.csv")
+    col = replicates.OPTIMISM
+    x = np.array([max(a) - a[-1] for a in peaks.values()])
+    assert [float(r[col]) for r in rows if r["row"] == "seed"] == pytest.approx(x.tolist())
+    stat = {r["row"]: r for r in rows}
+    assert float(stat["mean"][col]) == pytest.approx(x.mean())
+    low, high = stats.t.interval(0.95, 2, loc=x.mean(), scale=stats.sem(x))
+    assert float(stat["ci95_low"][col]) == pytest.approx(max(low, 0.0))
+    assert float(stat["ci95_high"][col]) == pytest.approx(high)

@@ -28,7 +28,9 @@ LEVEL = 0.95
 RANGE = {m: (0.0, 1.0) for m in METRICS}  # every metric is a share (ECE too): its interval stays inside
 ONE_SEED_NOTE = "one seed: no standard deviation or confidence interval can be given"
 STAT_ROWS = ("mean", "std", "ci95_low", "ci95_high", "ci95_halfwidth")
-SUMMARY_FIELDS = ["row", "recipe", "seed", "n_seeds", *METRICS, "note"]
+# best_test selection's optimism: the selected (best) epoch's test accuracy minus the last epoch's.
+OPTIMISM = "best_minus_last_test_acc"
+SUMMARY_FIELDS = ["row", "recipe", "seed", "n_seeds", *METRICS, OPTIMISM, "note"]
 
 
 def t_interval(values, level: float = LEVEL, bounds: tuple[float, float] | None = None) -> dict:
@@ -169,17 +171,27 @@ def check_replicates(summaries: list[dict], paths) -> str:
     return recipes.pop()
 
 
-def seeds_summary(summaries: list[dict], level: float = LEVEL) -> list[dict]:
-    """Rows of seeds_summary.csv: one per seed (by seed), then mean, std and the interval."""
+def selection_optimism(test_acc) -> float:
+    """How much better the best epoch's test accuracy is than the last epoch's (>= 0): what
+    best_test selection adds to the reported number."""
+    return float(np.max(test_acc) - test_acc[-1])
+
+
+def seeds_summary(summaries: list[dict], level: float = LEVEL, optimism: dict | None = None) -> list[dict]:
+    """Rows of seeds_summary.csv: one per seed (by seed), then mean, std and the interval.
+    ``optimism`` ({seed: best minus last test accuracy}) fills the OPTIMISM column."""
     recipe = check_replicates(summaries, [f"seed {s['seed']}" for s in summaries])
     seeds = sorted(summaries, key=lambda s: s["seed"])
+    optimism = optimism or {}
     rows = [{"row": "seed", "recipe": recipe, "seed": s["seed"], "n_seeds": "",
-             **{m: s[m] for m in METRICS}, "note": ""} for s in seeds]
+             **{m: s[m] for m in METRICS}, OPTIMISM: optimism.get(s["seed"], ""), "note": ""} for s in seeds]
     ti = {m: t_interval([s[m] for s in seeds], level, RANGE[m]) for m in METRICS}
+    if optimism:
+        ti[OPTIMISM] = t_interval([optimism[s["seed"]] for s in seeds], level, (0.0, 1.0))
     note = interval_note(len(seeds), [m for m in METRICS if ti[m]["truncated"]], level)
     for name, key in zip(STAT_ROWS, ("mean", "std", "low", "high", "half")):
         rows.append({"row": name, "recipe": recipe, "seed": "", "n_seeds": len(seeds),
-                     **{m: _cell(ti[m][key]) for m in METRICS}, "note": note})
+                     **{m: _cell(ti[m][key]) for m in ti}, "note": note})
     return rows
 
 
