@@ -20,7 +20,7 @@ With one seed the std and interval cells are empty and the note column says why.
 import argparse
 
 from cifar100 import plots, replicates
-from cifar100.cli import run_cli
+from cifar100.cli import one_file_per_seed, run_cli
 from cifar100.exceptions import DataError
 from cifar100.files import write_csv
 
@@ -41,9 +41,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     a = parse_args(argv)
-    if not len(a.summaries) == len(a.histories) == len(a.per_class):
-        raise DataError(f"give one file per seed to each list: {len(a.summaries)} summaries, "
-                        f"{len(a.histories)} histories, {len(a.per_class)} per-class tables")
+    one_file_per_seed(summaries=a.summaries, histories=a.histories, **{"per-class tables": a.per_class})
     if not 0 < a.level < 1:
         raise DataError(f"--level must be between 0 and 1, got {a.level}")
     summaries = [replicates.read_summary(p) for p in a.summaries]

@@ -26,7 +26,7 @@ already wrote: nothing retrains. Writes the six files it is given:
 import argparse
 
 from cifar100 import config, data, study, study_plots
-from cifar100.cli import positive_int, run_cli
+from cifar100.cli import one_file_per_seed, positive_int, run_cli
 from cifar100.exceptions import DataError
 from cifar100.files import write_csv
 from cifar100.replicates import read_history
@@ -53,9 +53,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     a = parse_args(argv)
-    if not len(a.predictions) == len(a.histories) == len(a.seeds):
-        raise DataError(f"give one file per seed to each list: {len(a.predictions)} predictions, "
-                        f"{len(a.histories)} histories, {len(a.seeds)} seeds")
+    one_file_per_seed(predictions=a.predictions, histories=a.histories, seeds=a.seeds)
     if len(set(a.seeds)) != len(a.seeds):
         raise DataError(f"--seeds repeats a seed: {a.seeds}")
     test, fine_names, coarse_names, fine_to_coarse = data.load_test(a.data_dir)

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from .exceptions import Preempted, UserError
+from .exceptions import DataError, Preempted, UserError
 
 
 def run_cli(main, argv=None) -> None:
@@ -25,3 +25,10 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def one_file_per_seed(**lists) -> None:
+    """Lists of per-seed files given side by side (--summaries, --histories, ...) must be equally long."""
+    if len({len(v) for v in lists.values()}) > 1:
+        counts = ", ".join(f"{len(v)} {name}" for name, v in lists.items())
+        raise DataError(f"give one file per seed to each list: {counts}")
