@@ -9,7 +9,6 @@
 # comes in as a quoted argument. Each rule's code inputs are the package modules its script imports
 # (read from the source), so a plot change never retrains and a training change reruns everything.
 
-import shlex
 import signal
 import sys
 from pathlib import Path
@@ -119,7 +118,7 @@ def flag(name, on):
 def checkpoint_margin(wildcards, resources):
     """train.py's --checkpoint-margin from the profile's train resource checkpoint_margin_s, if set."""
     margin = resources.get("checkpoint_margin_s")
-    return "" if margin is None else f"--checkpoint-margin {int(margin)}"
+    return [] if margin is None else ["--checkpoint-margin", int(margin)]
 
 
 report: str(CAPTIONS / "workflow.rst")
@@ -181,10 +180,10 @@ rule train:
     # exec: the signals SLURM sends before a time limit reach python, not an intermediate shell.
     shell:
         "exec python {input.script:q} --recipe {wildcards.recipe:q} --recipe-json {params.recipe:q}"
-        " --seed {wildcards.seed} --data-dir {params.data_dir:q} --model {output.model:q}"
-        " --history {output.history:q} --selection {params.selection:q} --val-size {params.val_size}"
-        " --precision {params.precision:q} {params.deterministic} {params.compile}"
-        " --threads {threads} {params.margin} > {log:q} 2>&1"
+        " --seed {wildcards.seed:q} --data-dir {params.data_dir:q} --model {output.model:q}"
+        " --history {output.history:q} --selection {params.selection:q} --val-size {params.val_size:q}"
+        " --precision {params.precision:q} {params.deterministic:q} {params.compile:q}"
+        " --threads {threads:q} {params.margin:q} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -234,7 +233,7 @@ rule samples:
         n=SIZES["samples"],
     shell:
         "python {input.script:q} --predictions {input.predictions:q} --data-dir {params.data_dir:q}"
-        " --n {params.n} --figure {output.figure:q} > {log:q} 2>&1"
+        " --n {params.n:q} --figure {output.figure:q} > {log:q} 2>&1"
 
 
 rule curves:
@@ -336,7 +335,7 @@ rule errors:
         top_pairs=SIZES["top_pairs"],
     shell:
         "python {input.script:q} --predictions {input.predictions:q} --data-dir {params.data_dir:q}"
-        " --gallery-size {params.gallery_size} --top-pairs {params.top_pairs}"
+        " --gallery-size {params.gallery_size:q} --top-pairs {params.top_pairs:q}"
         " --gallery {output.gallery:q} --pairs {output.pairs:q} --histogram {output.histogram:q}"
         " --summary {output.summary:q} > {log:q} 2>&1"
 
@@ -373,7 +372,7 @@ rule report:
         ece_bins=SIZES["ece_bins"],
     shell:
         "python {input.script:q} --predictions {input.predictions:q} --metrics {input.metrics:q}"
-        " --data-dir {params.data_dir:q} --ece-bins {params.ece_bins}"
+        " --data-dir {params.data_dir:q} --ece-bins {params.ece_bins:q}"
         " --report-csv {output.report_csv:q} --report-json {output.report_json:q}"
         " --report-txt {output.report_txt:q} --reliability {output.reliability:q}"
         " --summary {output.summary:q} > {log:q} 2>&1"
@@ -385,7 +384,7 @@ def gradcam_maps():
 
 
 def gradcam_maps_flag(wildcards, output):
-    return f"--maps {shlex.quote(output.maps)}" if SIZES["gradcam_save_maps"] else ""
+    return ["--maps", output.maps] if SIZES["gradcam_save_maps"] else []
 
 
 # Grad-CAM runs the model, so it goes to a GPU node with the training environment.
@@ -427,7 +426,7 @@ rule gradcam:
         maps=gradcam_maps_flag,
     shell:
         "python {input.script:q} --checkpoint {input.checkpoint:q} --predictions {input.predictions:q}"
-        " --data-dir {params.data_dir:q} --n {params.n} --layer {params.layer:q} {params.maps}"
+        " --data-dir {params.data_dir:q} --n {params.n:q} --layer {params.layer:q} {params.maps:q}"
         " --correct {output.correct:q} --incorrect {output.incorrect:q}"
         " --summary {output.summary:q} > {log:q} 2>&1"
 
@@ -537,7 +536,7 @@ rule seeds_study:
     shell:
         "python {input.script:q} --recipe {wildcards.recipe:q} --predictions {input.predictions:q}"
         " --histories {input.histories:q} --seeds {params.seeds:q} --data-dir {params.data_dir:q}"
-        " --ece-bins {params.ece_bins} --churn {output.churn:q} --churn-per-class {output.churn_per_class:q}"
+        " --ece-bins {params.ece_bins:q} --churn {output.churn:q} --churn-per-class {output.churn_per_class:q}"
         " --ensemble {output.ensemble:q} --test-set-noise {output.test_set_noise:q}"
         " --selection-optimism {output.selection_optimism:q} --figure {output.figure:q} > {log:q} 2>&1"
 
@@ -564,7 +563,7 @@ rule differences:
         interval_width=config["study"]["interval_width"],
     shell:
         "python {input.script:q} --summaries {input.summaries:q} --recipes-json {params.recipes:q}"
-        " --pairs {params.pairs:q} --interval-width {params.interval_width}"
+        " --pairs {params.pairs:q} --interval-width {params.interval_width:q}"
         " --table {output.table:q} --figure {output.figure:q} > {log:q} 2>&1"
 
 
