@@ -60,7 +60,7 @@ def main(argv=None):
         def write(tmp):
             data.download(tmp)
 
-    if data.missing_files(where) == list(data.FILES) and not data.dataset_dir(where).exists():
+    if not data.dataset_dir(where).exists():
         root = data.put_in_place(where, write)
         print(f"wrote {a.dataset} dataset to {root}")
     root = data.check_complete(where)

@@ -102,6 +102,14 @@ def _check(value, s: dict, prefix: str = "") -> None:
         raise ConfigError(f"config key {where}: {e.message}")
 
 
+def _resolve(value, s: dict, where: str = ""):
+    """Coerce command-line strings, check against the schema ``s`` (errors name ``where``/key), and
+    fill in the defaults, in place."""
+    _coerce(value, s)
+    _check(value, s, where)
+    return fill_defaults(value, s)
+
+
 def validate(config: dict) -> dict:
     """Check ``config`` against the schema and across keys, fill in the schema's defaults; raise
     ConfigError naming the key.
@@ -109,10 +117,7 @@ def validate(config: dict) -> dict:
     ``--config seeds=[0,1]`` reaches Snakemake as ['0', '1'] and ``deterministic=true`` as 'true':
     such strings are first turned, in place, into the numbers and booleans the schema asks for.
     """
-    s = schema()
-    _coerce(config, s)
-    _check(config, s)
-    fill_defaults(config, s)
+    _resolve(config, schema())
     check_combinations(config)
     return config
 
@@ -120,20 +125,12 @@ def validate(config: dict) -> dict:
 def validate_section(name: str, value: dict) -> dict:
     """Validate and complete one top-level section on its own (e.g. ``synthetic`` given to
     download.py run standalone)."""
-    s = schema()["properties"][name]
-    _coerce(value, s)
-    _check(value, s, name)
-    return fill_defaults(value, s)
+    return _resolve(value, schema()["properties"][name], name)
 
 
 def validate_recipe(name: str, recipe: dict) -> dict:
     """Validate and complete one recipe on its own (train.py --recipe-json)."""
-    s = schema()["properties"]["recipes"]["additionalProperties"]
-    if not isinstance(recipe, dict):
-        raise ConfigError(f"config key recipes/{name}: a recipe is a mapping of keys, got {recipe!r}")
-    _coerce(recipe, s)
-    _check(recipe, s, f"recipes/{name}")
-    fill_defaults(recipe, s)
+    _resolve(recipe, schema()["properties"]["recipes"]["additionalProperties"], f"recipes/{name}")
     _check_recipe(name, recipe)
     return recipe
 

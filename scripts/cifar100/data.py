@@ -201,18 +201,12 @@ def _split(path: Path, num_fine: int, num_coarse: int | None) -> Split:
     return Split(images, labels, coarse)
 
 
-def missing_files(data_dir) -> list[str]:
-    """Which of train, test and meta the dataset folder lacks (all three when there is no folder)."""
-    root = dataset_dir(data_dir)
-    return [f for f in FILES if not (root / f).is_file()]
-
-
 def check_complete(data_dir) -> Path:
     """The dataset folder, or a DataError naming the first missing file (nothing is ever deleted)."""
     root = dataset_dir(data_dir)
-    missing = missing_files(data_dir)
-    if len(missing) == len(FILES) and not root.exists():
+    if not root.exists():
         raise DataError(f"{root}: dataset folder not found (expected train, test and meta inside)")
+    missing = [f for f in FILES if not (root / f).is_file()]
     if missing:
         raise DataError(f"{root / missing[0]}: missing from the dataset folder (it has "
                         f"{', '.join(f for f in FILES if f not in missing) or 'none of train, test, meta'}); "
@@ -379,10 +373,9 @@ def content_version(data_dir, cache=None) -> str | None:
     None when the folder does not exist yet. Hashing 180 MB takes a second, so sums are kept in
     ``cache`` (a JSON file) under each file's path, size and mtime.
     """
-    root = dataset_dir(data_dir)
-    if missing_files(data_dir) == list(FILES) and not root.exists():
+    if not dataset_dir(data_dir).exists():
         return None
-    check_complete(data_dir)
+    root = check_complete(data_dir)
     try:
         known = json.loads(Path(cache).read_text()) if cache and Path(cache).is_file() else {}
     except (OSError, ValueError):
