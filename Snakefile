@@ -9,6 +9,7 @@
 # comes in as a quoted argument. Each rule's code inputs are the package modules its script imports
 # (read from the source), so a plot change never retrains and a training change reruns everything.
 
+import json
 import signal
 import sys
 from pathlib import Path
@@ -101,14 +102,8 @@ def seeds_of(pattern):
     return files
 
 
-def json_of(value):
-    import json
-
-    return json.dumps(value, sort_keys=True)
-
-
 def recipe_json(wildcards):
-    return json_of(config["recipes"][wildcards.recipe])
+    return json.dumps(config["recipes"][wildcards.recipe], sort_keys=True)
 
 
 def flag(name, on):
@@ -144,7 +139,7 @@ rule dataset:
     params:
         data_dir=config["data_dir"],
         dataset=config["dataset"],
-        synthetic=json_of(config["synthetic"]),
+        synthetic=json.dumps(config["synthetic"], sort_keys=True),
     shell:
         "python {input.script:q} --data-dir {params.data_dir:q} --dataset {params.dataset:q}"
         " --synthetic {params.synthetic:q} --manifest {output.manifest:q} > {log:q} 2>&1"
@@ -491,8 +486,6 @@ rule compare:
 def runs_json():
     """The definitions of the recipes in runs, in runs order: families (recipes identical apart
     from vary) and the default pairs to compare are read from them."""
-    import json
-
     return json.dumps({name: config["recipes"][name] for name in config["runs"]})
 
 
