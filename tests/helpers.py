@@ -61,3 +61,30 @@ class Evil:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
+
+
+def same_weights(a, b) -> bool:
+    """Whether two checkpoints (model.pt or last.pt paths) hold bit-identical weights."""
+    import torch
+
+    wa, wb = (torch.load(p, weights_only=True)["state_dict"] for p in (a, b))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def signal_after_steps(monkeypatch, steps: int, signum=None):
+    """Make training send itself SIGUSR1 (or ``signum``) right after its ``steps``-th SGD step."""
+    import signal
+
+    from cifar100 import engine
+
+    real_step, calls = engine.train_step, []
+
+    def step_then_signal(*args):
+        out = real_step(*args)
+        calls.append(1)
+        if len(calls) == steps:
+            os.kill(os.getpid(), signum or signal.SIGUSR1)
+        return out
+
+    monkeypatch.setattr(engine, "train_step", step_then_signal)
+    return real_step

@@ -10,7 +10,6 @@ unmarked, so that the logic is checked on every run and only the device differs.
 """
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -23,7 +22,7 @@ from cifar100 import cam, checkpoint, data, engine
 from cifar100.exceptions import Diverged, Preempted
 from cifar100.model import resnet18
 from cifar100.pipeline import DeviceSplit, train_batches
-from helpers import REPO, TINY_RECIPE, workflow_outputs
+from helpers import REPO, TINY_RECIPE, same_weights, signal_after_steps, workflow_outputs
 
 # cuBLAS reads this when it is first used: deterministic runs in this process need it set before.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -63,11 +62,6 @@ def train(data_dir, out, device, deterministic=True, compile=False, precision="b
     spec = engine.RunSpec(recipe={**RECIPE, **(recipe or {})}, recipe_name="baseline", seed=0, selection="best_test",
                           val_size=5000, deterministic=deterministic, precision=precision, compile=compile)
     return engine.train(data.load(data_dir), spec, out, device=device, log=lambda m: None)
-
-
-def same_weights(a, b) -> bool:
-    wa, wb = (torch.load(p, weights_only=True)["state_dict"] for p in (a, b))
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 # ---- comparisons: the logic, on any device --------------------------------------------------------------
@@ -206,16 +200,7 @@ def test_deterministic_cuda_runs_are_bit_identical(tiny_data, tmp_path, cuda_run
 
 @gpu
 def test_sigusr1_mid_epoch_then_rerun_is_bit_identical_on_cuda(tiny_data, tmp_path, cuda_run, monkeypatch):
-    real_step, calls = engine.train_step, []
-
-    def step_then_signal(*args):
-        out = real_step(*args)
-        calls.append(1)
-        if len(calls) == 14:  # epoch 2, step 4 of 10
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return out
-
-    monkeypatch.setattr(engine, "train_step", step_then_signal)
+    real_step = signal_after_steps(monkeypatch, 14)  # epoch 2, step 4 of 10
     with pytest.raises(Preempted):
         train(tiny_data, tmp_path, "cuda")
     assert checkpoint.load(tmp_path / "last.pt")["position"] == {"epoch": 2, "step": 4}

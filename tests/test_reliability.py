@@ -17,7 +17,7 @@ from cifar100 import checkpoint, data, engine
 from cifar100.config import load as load_config
 from cifar100.config import validate
 from cifar100.exceptions import ConfigError, Diverged, OutputError
-from helpers import Evil, REPO, SCRIPTS, TINY_RECIPE, run_script, train_args
+from helpers import Evil, REPO, SCRIPTS, TINY_RECIPE, run_script, same_weights, signal_after_steps, train_args
 
 LONG = {**TINY_RECIPE, "epochs": 6, "batch_size": 32}  # 10 steps per epoch on the tiny set
 
@@ -41,11 +41,6 @@ def _wait_for(path, proc, timeout=180):
         time.sleep(0.02)
 
 
-def _same_weights(a, b):
-    wa, wb = (torch.load(p, weights_only=True)["state_dict"] for p in (a, b))
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
 @pytest.fixture(scope="module")
 def clean_run(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("clean")
@@ -67,8 +62,8 @@ def test_sigkill_at_a_random_point_then_rerun_is_bit_identical(tiny_data, tmp_pa
     assert "resuming from" in p.stdout
     attempts = (out / "attempts.log").read_text()  # both attempts, though the rule's log keeps one
     assert attempts.count("training baseline seed 0") == 2 and "resuming from" in attempts
-    assert _same_weights(out / "model.pt", clean_run / "model.pt")
-    assert _same_weights(out / "last.pt", clean_run / "last.pt")
+    assert same_weights(out / "model.pt", clean_run / "model.pt")
+    assert same_weights(out / "last.pt", clean_run / "last.pt")
     assert [ln for ln in (out / "history.csv").read_text().splitlines()][0].startswith("epoch,lr")
     assert len((out / "history.csv").read_text().splitlines()) == LONG["epochs"] + 1
 
@@ -90,7 +85,7 @@ def test_signal_checkpoints_mid_epoch_exits_nonzero_and_resumes_exactly(tiny_dat
     p = run_script("train.py", *train_args(tiny_data, out, LONG))
     pos = state["position"]
     assert f"resuming from {out / 'last.pt'}: epoch {pos['epoch']}, step {pos['step']}" in p.stdout
-    assert _same_weights(out / "model.pt", clean_run / "model.pt")
+    assert same_weights(out / "model.pt", clean_run / "model.pt")
 
 
 def test_resume_checkpoint_of_another_seed_or_recipe_is_ignored(tiny_data, tmp_path):
@@ -118,7 +113,7 @@ def test_a_finished_run_is_rebuilt_from_last_pt_and_never_trained_again(tiny_dat
     seconds = time.time() - t0
     assert "finished: rebuilding model.pt and history.csv from it, no training" in p.stdout
     assert not [ln for ln in p.stdout.splitlines() if ln.startswith("epoch ")]
-    assert _same_weights(out / "model.pt", tmp_path / "model.first.pt")
+    assert same_weights(out / "model.pt", tmp_path / "model.first.pt")
     assert (out / "history.csv").read_text() == history
     assert seconds < 60, seconds  # python and torch start-up; no epoch
 
@@ -290,22 +285,13 @@ def _run(tiny_data, out, spec, logs=None):
 def test_preempted_mid_epoch_onecycle_resumes_with_exact_weights_and_history(tiny_data, tmp_path, monkeypatch):
     spec = _spec(schedule="onecycle", epochs=2, batch_size=32)  # lr changes every step
     _run(tiny_data, tmp_path / "clean", spec)
-    real_step, calls = engine.train_step, []
-
-    def step_then_signal(*args):
-        out = real_step(*args)
-        calls.append(1)
-        if len(calls) == 13:  # epoch 2, step 3 of 10
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return out
-
-    monkeypatch.setattr(engine, "train_step", step_then_signal)
+    real_step = signal_after_steps(monkeypatch, 13)  # epoch 2, step 3 of 10
     with pytest.raises(engine.Preempted):
         _run(tiny_data, tmp_path / "run", spec)
     assert checkpoint.load(tmp_path / "run" / "last.pt")["position"] == {"epoch": 2, "step": 3}
     monkeypatch.setattr(engine, "train_step", real_step)
     _run(tiny_data, tmp_path / "run", spec)
-    assert _same_weights(tmp_path / "run" / "model.pt", tmp_path / "clean" / "model.pt")
+    assert same_weights(tmp_path / "run" / "model.pt", tmp_path / "clean" / "model.pt")
     lr = [ln.split(",")[1] for ln in (tmp_path / "run" / "history.csv").read_text().splitlines()]
     assert lr == [ln.split(",")[1] for ln in (tmp_path / "clean" / "history.csv").read_text().splitlines()]
 
