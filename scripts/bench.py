@@ -482,7 +482,8 @@ def main(argv=None):
                         "the reference's first evaluation batch is its untimed warm-up")
     if args.reference and args.reference_json:
         raise UserError("--reference-json is for --no-reference runs: this run measures (b) itself")
-    engine.seed_everything(args.seed, deterministic=False)
+    engine.seed_everything(args.seed)
+    engine.set_determinism(False)
     engine.set_precision(args.precision if cuda else "fp32")
     load0 = os.getloadavg()
     train_np = synthetic(args.n, args.seed)

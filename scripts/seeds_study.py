@@ -61,7 +61,8 @@ def main(argv=None):
     preds = logits.argmax(axis=2)
     correct = preds == labels
 
-    write_csv(a.churn, [study.cells({"recipe": a.recipe, **r}) for r in study.churn_pairs(preds, labels, a.seeds)],
+    pairs = study.churn_pairs(preds, labels, a.seeds)
+    write_csv(a.churn, [study.cells({"recipe": a.recipe, **r}) for r in pairs],
               ["recipe", "seed_a", "seed_b", "churn", "both_correct", "only_a_correct", "only_b_correct",
                "both_wrong"])
     per_class = study.churn_per_class(preds, labels, len(fine_names))
@@ -83,7 +84,6 @@ def main(argv=None):
     fig = study_plots.seeds_agreement(study.churn_matrix(preds), a.seeds, study.correctness_rates(correct), noise,
                                       [r["optimism"] for r in optimism if r["row"] == "seed"], a.recipe)
     study_plots.save(fig, a.figure)
-    pairs = study.churn_pairs(preds, labels, a.seeds)
     if pairs:
         mean_churn = sum(r["churn"] for r in pairs) / len(pairs)
         print(f"{a.recipe}: mean churn {mean_churn:.4f} over {len(pairs)} seed pairs")

@@ -136,14 +136,10 @@ def set_precision(precision: str) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    set_determinism(deterministic)
-    if deterministic:
-        warnings.warn("deterministic: true makes runs bit-reproducible but slower "
-                      "(deterministic kernels, no cuDNN autotuning, one CPU thread)", stacklevel=2)
 
 
 @contextlib.contextmanager
@@ -154,6 +150,9 @@ def numerics(spec: RunSpec, device: torch.device, log):
     if spec.deterministic and device.type == "cpu":
         torch.set_num_threads(DETERMINISTIC_CPU_THREADS)
     set_determinism(spec.deterministic)
+    if spec.deterministic:
+        warnings.warn("deterministic: true makes runs bit-reproducible but slower "
+                      "(deterministic kernels, no cuDNN autotuning, one CPU thread)", stacklevel=3)
     precision = resolve_precision(device, spec.precision, log)
     set_precision(precision)
     try:
@@ -530,7 +529,7 @@ class Parts:
 
 def build(ds: Dataset, spec: RunSpec, device: torch.device, precision: str) -> Parts:
     r = spec.recipe
-    seed_everything(spec.init_seed, spec.deterministic)
+    seed_everything(spec.init_seed)
     train_idx, val_idx = np.arange(len(ds.train)), None
     if spec.selection == "best_val":
         train_idx, val_idx = val_split_indices(ds.train.labels, spec.val_size)

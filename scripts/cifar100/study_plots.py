@@ -14,17 +14,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .plots import save  # noqa: E402,F401  (scripts save study figures through this module)
+from .plots import _fig_ax, save  # noqa: E402,F401  (scripts save study figures through this module)
 
 LABELS = {"top1": "top-1 accuracy", "top5": "top-5 accuracy", "macro_f1": "macro F1", "ece": "ECE"}
 SOURCE_COLORS = {"all": "tab:blue", "init": "tab:orange", "data": "tab:green", "none": "tab:gray"}
-
-
-def _fig_ax(ax, figsize):
-    if ax is None:
-        fig, ax = plt.subplots(figsize=figsize)
-        return fig, ax
-    return ax.figure, ax
 
 
 def _finite(x) -> bool:
