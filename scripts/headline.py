@@ -50,8 +50,8 @@ def interval(stats: dict, m: str) -> str:
     return f"{mean:.4f} [{low:.4f}, {high:.4f}]"
 
 
-def run_row(path) -> list[str]:
-    s = read_json(path)
+def run_row(s: dict, path) -> list[str]:
+    """One run's row from its summary.json ``s`` (read from ``path``)."""
     nb = s.get("notebook") if isinstance(s, dict) else None
     if not isinstance(nb, dict):
         raise DataError(f"{path}: no 'notebook' block (written by report.py)")
@@ -69,10 +69,10 @@ def run_row(path) -> list[str]:
 def main(argv=None):
     a = parse_args(argv)
     recipes = [replicates.read_seeds_summary(p) for p in a.seeds_summaries]
-    runs = [run_row(p) for p in a.runs]
+    summaries = [(p, read_json(p)) for p in a.runs]
+    runs = [run_row(s, p) for p, s in summaries]
     selection = {}  # recipe -> the selection rules its runs used (one, unless the config changed)
-    for p in a.runs:
-        s = read_json(p)
+    for _, s in summaries:
         selection.setdefault(str(s.get("recipe")), set()).add(str(s.get("selection")))
     recipe_rows = [[r["recipe"], str(r["n_seeds"]), *(interval(r["stats"], m) for m in replicates.METRICS),
                     ", ".join(sorted(selection.get(r["recipe"], [])))] for r in recipes]
