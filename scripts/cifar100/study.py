@@ -334,7 +334,7 @@ def selection_optimism(histories, seeds, level: float = LEVEL) -> list[dict]:
         b = int(np.argmax(acc))
         rows.append({"row": "seed", "seed": seed, "best_epoch": int(epochs[b]), "best_test_acc": float(acc[b]),
                      "last_epoch": int(epochs[-1]), "last_test_acc": float(acc[-1]),
-                     "optimism": float(acc[b] - acc[-1]), "note": ""})
+                     "optimism": replicates.selection_optimism(acc), "note": ""})
     cols = ["best_test_acc", "last_test_acc", "optimism"]
     n = len(rows)
     ti = {c: replicates.t_interval([r[c] for r in rows], level) for c in cols}
