@@ -319,7 +319,7 @@ def bench_reference(args, recipe, train_np, test_np, mem):
     device = args.device
     res = {}
     mem.release()
-    torch.backends.cudnn.allow_tf32 = True  # the notebook runs with torch's defaults (TF32 convolutions)
+    engine.set_precision("bf16")  # the notebook runs with torch's defaults (TF32 convolutions)
     normalize = T.Normalize(MEAN, STD)
     train_tf = T.Compose([T.RandomCrop(SIZE, padding=PAD), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
     test_tf = T.Compose([T.ToTensor(), normalize])
