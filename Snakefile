@@ -6,8 +6,10 @@
 #   snakemake --report report.html                          # every figure and table, captioned
 #
 # Each rule is the contract between Snakemake and its script: every path the script reads or writes
-# comes in as a quoted argument. Each rule's code inputs are the package modules its script imports
-# (read from the source), so a plot change never retrains and a training change reruns everything.
+# comes in as a quoted argument. The rules that run the model (train, evaluate, gradcam: GPU jobs)
+# write arrays only and depend on the declared model code (cifar100/deps.py MODEL_CODE, the same list
+# that keys a finished training); every figure and statistic is a CPU rule whose code inputs are
+# the modules its script imports. So a plot or statistic edit never queues a GPU job.
 
 import json
 import signal
@@ -43,9 +45,8 @@ from cifar100 import config as cfg, data, deps  # noqa: E402
 # The schema (scripts/cifar100/config.schema.yaml) fills in defaults and checks every key and
 # combination before any job starts; the error names the key.
 cfg.validate(config)
+cfg.refuse_shell_syntax(config, Path.cwd(), workflow.basedir)
 
-RUN = "results/{recipe}/seed{seed}"
-RECIPE = "results/{recipe}"
 SIZES = config["analysis"]
 
 
@@ -78,6 +79,13 @@ DATA_DIR = dataset_dir()
 DATA_VERSION = dataset_version()
 DATASET_NAME = Path(DATA_DIR).name if config["dataset"] == "synthetic" else "cifar100"
 MANIFEST = f"results/datasets/{DATASET_NAME}/manifest.json"
+# Results of different data live apart, so that no run ever overwrites another's: results/ for the
+# official CIFAR-100, results/<data version>/ for anything else (a synthetic set, a changed copy).
+RESULTS = (
+    "results" if DATA_VERSION == "cifar100-official" else f"results/{DATA_VERSION}"
+)
+RUN = f"{RESULTS}/{{recipe}}/seed{{seed}}"
+RECIPE = f"{RESULTS}/{{recipe}}"
 
 
 def script(name):
@@ -85,8 +93,13 @@ def script(name):
 
 
 def code(name):
-    """The package modules scripts/<name> imports, directly or indirectly."""
+    """A CPU rule's code: the package modules scripts/<name> imports, directly or indirectly."""
     return deps.package_modules(SCRIPTS / name, SCRIPTS / "cifar100")
+
+
+def model_code(names=deps.MODEL_CODE):
+    """A GPU rule's code: only the modules that decide the model's numbers (deps.MODEL_CODE)."""
+    return deps.model_code(names)
 
 
 def caption(name):
@@ -108,6 +121,14 @@ def recipe_json(wildcards):
 
 def flag(name, on):
     return f"--{name}" if on else f"--no-{name}"
+
+
+def val_size():
+    """Only best_val holds images out: under another selection val_size changes nothing, so it is
+    not a parameter of the training (changing it plans no job)."""
+    return (
+        ["--val-size", config["val_size"]] if config["selection"] == "best_val" else []
+    )
 
 
 def checkpoint_margin(wildcards, resources):
@@ -135,7 +156,7 @@ rule dataset:
     log:
         "results/logs/dataset.log",
     conda:
-        "envs/train.yaml"
+        "envs/data.yaml"
     params:
         data_dir=config["data_dir"],
         dataset=config["dataset"],
@@ -145,13 +166,16 @@ rule dataset:
         " --synthetic {params.synthetic:q} --manifest {output.manifest:q} > {log:q} 2>&1"
 
 
+# model.pt is update(): Snakemake leaves it in place for train.py, which keeps it when it already
+# holds this very run, finished (same fingerprint: data, settings, model code) even if last.pt
+# was deleted, and puts it back if the job fails.
 rule train:
     input:
         dataset=ancient(MANIFEST),
         script=script("train.py"),
-        code=code("train.py"),
+        code=model_code(),
     output:
-        model=f"{RUN}/model.pt",
+        model=update(f"{RUN}/model.pt"),
         history=f"{RUN}/history.csv",
     log:
         f"{RUN}/logs/train.log",
@@ -167,7 +191,7 @@ rule train:
         data_version=DATA_VERSION,
         recipe=recipe_json,
         selection=config["selection"],
-        val_size=config["val_size"],
+        val_size=val_size(),
         precision=config["precision"],
         deterministic=flag("deterministic", config["deterministic"]),
         compile=flag("compile", config["compile"]),
@@ -176,7 +200,7 @@ rule train:
     shell:
         "exec python {input.script:q} --recipe {wildcards.recipe:q} --recipe-json {params.recipe:q}"
         " --seed {wildcards.seed:q} --data-dir {params.data_dir:q} --model {output.model:q}"
-        " --history {output.history:q} --selection {params.selection:q} --val-size {params.val_size:q}"
+        " --history {output.history:q} --selection {params.selection:q} {params.val_size:q}"
         " --precision {params.precision:q} {params.deterministic:q} {params.compile:q}"
         " --threads {threads:q} {params.margin:q} > {log:q} 2>&1"
 
@@ -186,7 +210,7 @@ rule evaluate:
         dataset=ancient(MANIFEST),
         checkpoint=rules.train.output.model,
         script=script("evaluate.py"),
-        code=code("evaluate.py"),
+        code=model_code(),
     output:
         predictions=f"{RUN}/predictions.npz",
         metrics=f"{RUN}/metrics.json",
@@ -373,25 +397,43 @@ rule report:
         " --summary {output.summary:q} > {log:q} 2>&1"
 
 
-def gradcam_maps():
-    """gradcam_maps.npz is an output only when the config asks for it."""
-    return {"maps": f"{RUN}/gradcam_maps.npz"} if SIZES["gradcam_save_maps"] else {}
-
-
-def gradcam_maps_flag(wildcards, output):
-    return ["--maps", output.maps] if SIZES["gradcam_save_maps"] else []
-
-
-# Grad-CAM runs the model, so it goes to a GPU node with the training environment.
+# Grad-CAM runs the model, so its maps are a GPU job in the training environment; the figures and
+# the sanity check's statistics are drawn from them on a CPU node (gradcam_figures).
 rule gradcam:
     input:
         dataset=ancient(MANIFEST),
         checkpoint=rules.train.output.model,
         predictions=rules.evaluate.output.predictions,
         script=script("gradcam.py"),
-        code=code("gradcam.py"),
+        code=model_code(deps.GRADCAM_CODE),
     output:
-        **gradcam_maps(),
+        maps=f"{RUN}/gradcam_maps.npz",
+    log:
+        f"{RUN}/logs/gradcam.log",
+    benchmark:
+        f"{RUN}/benchmarks/gradcam.tsv"
+    conda:
+        "envs/train.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+    params:
+        data_dir=DATA_DIR,
+        n=SIZES["gradcam_images"],
+        layer=SIZES["gradcam_layer"],
+    shell:
+        "python {input.script:q} --checkpoint {input.checkpoint:q} --predictions {input.predictions:q}"
+        " --data-dir {params.data_dir:q} --n {params.n:q} --layer {params.layer:q}"
+        " --maps {output.maps:q} > {log:q} 2>&1"
+
+
+rule gradcam_figures:
+    input:
+        dataset=ancient(MANIFEST),
+        maps=rules.gradcam.output.maps,
+        script=script("gradcam_figures.py"),
+        code=code("gradcam_figures.py"),
+    output:
         correct=report(
             f"{RUN}/gradcam_correct.png",
             caption=caption("gradcam_correct"),
@@ -406,22 +448,13 @@ rule gradcam:
         ),
         summary=f"{RUN}/gradcam_summary.json",
     log:
-        f"{RUN}/logs/gradcam.log",
-    benchmark:
-        f"{RUN}/benchmarks/gradcam.tsv"
+        f"{RUN}/logs/gradcam_figures.log",
     conda:
-        "envs/train.yaml"
-    threads: 2
-    resources:
-        gpu=1,
+        "envs/analysis.yaml"
     params:
         data_dir=DATA_DIR,
-        n=SIZES["gradcam_images"],
-        layer=SIZES["gradcam_layer"],
-        maps=gradcam_maps_flag,
     shell:
-        "python {input.script:q} --checkpoint {input.checkpoint:q} --predictions {input.predictions:q}"
-        " --data-dir {params.data_dir:q} --n {params.n:q} --layer {params.layer:q} {params.maps:q}"
+        "python {input.script:q} --maps {input.maps:q} --data-dir {params.data_dir:q}"
         " --correct {output.correct:q} --incorrect {output.incorrect:q}"
         " --summary {output.summary:q} > {log:q} 2>&1"
 
@@ -460,25 +493,29 @@ rule aggregate:
 rule compare:
     input:
         summaries=expand(rules.aggregate.output.seeds_summary, recipe=config["runs"]),
+        # seeds_study's outputs (defined below): mean churn and the ensemble's gain per recipe
+        churn=expand(f"{RECIPE}/churn.csv", recipe=config["runs"]),
+        ensemble=expand(f"{RECIPE}/ensemble.csv", recipe=config["runs"]),
         script=script("compare.py"),
         code=code("compare.py"),
     output:
         table=report(
-            "results/recipes_summary.csv",
+            f"{RESULTS}/recipes_summary.csv",
             caption=caption("recipes_summary"),
             category="tables",
         ),
         figure=report(
-            "results/recipes_comparison.png",
+            f"{RESULTS}/recipes_comparison.png",
             caption=caption("recipes_comparison"),
             category="replicates",
         ),
     log:
-        "results/logs/compare.log",
+        f"{RESULTS}/logs/compare.log",
     conda:
         "envs/analysis.yaml"
     shell:
-        "python {input.script:q} --summaries {input.summaries:q} --table {output.table:q}"
+        "python {input.script:q} --summaries {input.summaries:q} --churn {input.churn:q}"
+        " --ensemble {input.ensemble:q} --table {output.table:q}"
         " --figure {output.figure:q} > {log:q} 2>&1"
 
 
@@ -540,23 +577,27 @@ rule differences:
         script=script("differences.py"),
         code=code("differences.py"),
     output:
-        table="results/recipe_differences.csv",
+        table=f"{RESULTS}/recipe_differences.csv",
         figure=report(
-            "results/recipe_differences.png",
+            f"{RESULTS}/recipe_differences.png",
             caption=caption("recipe_differences"),
             category="reproducibility",
         ),
     log:
-        "results/logs/differences.log",
+        f"{RESULTS}/logs/differences.log",
     conda:
         "envs/analysis.yaml"
     params:
         recipes=runs_json(),
         pairs=study_pairs(),
         interval_width=config["study"]["interval_width"],
+        effect=config["study"]["effect"],
+        alpha=config["study"]["alpha"],
+        power=config["study"]["power"],
     shell:
         "python {input.script:q} --summaries {input.summaries:q} --recipes-json {params.recipes:q}"
         " --pairs {params.pairs:q} --interval-width {params.interval_width:q}"
+        " --effect {params.effect:q} --alpha {params.alpha:q} --power {params.power:q}"
         " --table {output.table:q} --figure {output.figure:q} > {log:q} 2>&1"
 
 
@@ -566,14 +607,14 @@ rule variance:
         script=script("variance.py"),
         code=code("variance.py"),
     output:
-        table="results/variance_sources.csv",
+        table=f"{RESULTS}/variance_sources.csv",
         figure=report(
-            "results/variance_sources.png",
+            f"{RESULTS}/variance_sources.png",
             caption=caption("variance_sources"),
             category="reproducibility",
         ),
     log:
-        "results/logs/variance.log",
+        f"{RESULTS}/logs/variance.log",
     conda:
         "envs/analysis.yaml"
     params:
@@ -586,9 +627,7 @@ rule variance:
 # The report's first page (scripts/captions/workflow.rst) includes this file.
 rule headline:
     input:
-        seeds_summaries=expand(
-            rules.aggregate.output.seeds_summary, recipe=config["runs"]
-        ),
+        recipes_summary=rules.compare.output.table,
         runs=expand(
             rules.report.output.summary, recipe=config["runs"], seed=config["seeds"]
         ),
@@ -596,16 +635,16 @@ rule headline:
         code=code("headline.py"),
     output:
         headline=report(
-            "results/headline.rst",
+            f"{RESULTS}/headline.rst",
             caption=caption("headline"),
             category="tables",
         ),
     log:
-        "results/logs/headline.log",
+        f"{RESULTS}/logs/headline.log",
     conda:
         "envs/analysis.yaml"
     shell:
-        "python {input.script:q} --seeds-summaries {input.seeds_summaries:q} --runs {input.runs:q}"
+        "python {input.script:q} --recipes-summary {input.recipes_summary:q} --runs {input.runs:q}"
         " --headline {output.headline:q} > {log:q} 2>&1"
 
 
@@ -620,6 +659,7 @@ PER_RUN_RULES = [
     "errors",
     "report",
     "gradcam",
+    "gradcam_figures",
 ]
 PER_RECIPE_RULES = ["aggregate", "seeds_study"]
 STUDY_RULES = ["compare", "headline", "differences", "variance"]

@@ -9,9 +9,9 @@
 
 Give the three lists in the same seed order. Writes:
   seeds_summary.csv    one row per seed, then mean, std, ci95_low, ci95_high, ci95_halfwidth of
-                       top1, top5, macro_f1 and ece (t distribution, n-1 degrees of freedom),
-                       and best_minus_last_test_acc: how much higher the best epoch's test
-                       accuracy is than the last epoch's (what best_test selection adds)
+                       top1, top5, macro_f1 and ece (t distribution, n-1 degrees of freedom, the
+                       interval cut to [0, 1]; how optimistic best_test selection is, is
+                       seeds_study.py's selection_optimism.csv)
   seeds_per_class.csv  per class: mean, std, min and max accuracy across seeds
   seeds_curves.png     test accuracy per epoch, one line per seed (and their mean)
 With one seed the std and interval cells are empty and the note column says why.
@@ -47,8 +47,7 @@ def main(argv=None):
     summaries = [replicates.read_summary(p) for p in a.summaries]
     recipe = replicates.check_replicates(summaries, a.summaries)
     curves = [replicates.read_history(p) for p in a.histories]
-    optimism = {s["seed"]: replicates.selection_optimism(acc) for s, (_, acc) in zip(summaries, curves)}
-    rows = replicates.seeds_summary(summaries, a.level, optimism)
+    rows = replicates.seeds_summary(summaries, a.level)
     write_csv(a.seeds_summary, rows, replicates.SUMMARY_FIELDS)
 
     tables = [replicates.read_per_class(p) for p in a.per_class]

@@ -61,8 +61,7 @@ def main(argv=None):
             data.download(tmp)
 
     if not data.dataset_dir(where).exists():
-        root = data.put_in_place(where, write)
-        print(f"wrote {a.dataset} dataset to {root}")
+        data.put_in_place(where, write)  # says whether this copy or a racing writer's is used
     root = data.check_complete(where)
     ds = data.load(where)  # fail here, on the login node, rather than in a GPU job
     print(f"using {root}: {len(ds.train)} train / {len(ds.test)} test images, {ds.num_classes} classes")

@@ -5,12 +5,15 @@
         --predictions results/baseline/seed0/predictions.npz --metrics results/baseline/seed0/metrics.json
 
 predictions.npz holds ``logits`` (float32 [N, C]) and ``labels`` (int64 [N]); row i is test image i.
-Every later analysis works from it and the dataset alone, on the CPU.
+metrics.json records which model this is (recipe, seed, selected epoch, how it was made). Every
+number computed from the predictions (accuracy, F1, calibration, ...) is CPU analysis (report.py and
+the other analysis rules), so that this GPU job depends only on the code that runs the model.
+A model trained on other data than --data-dir holds is refused.
 """
 
 import argparse
+
 import numpy as np
-import torch
 
 from cifar100 import checkpoint, config, data, engine, provenance
 from cifar100.cli import run_cli
@@ -25,32 +28,22 @@ def parse_args(argv=None):
                    help="folder holding cifar-100-python/ (default: %(default)s)")
     p.add_argument("--predictions", required=True, help="predictions.npz to write (required)")
     p.add_argument("--metrics", required=True, help="metrics.json to write (required)")
-    p.add_argument("--batch-size", type=int, help="evaluation batch (default: 1000 on CUDA, 256 on the CPU)")
-    p.add_argument("--precision", choices=["bf16", "fp32"], default="fp32",
-                   help="CUDA autocast for evaluation (default: %(default)s, exact logits)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default: %(default)s)")
     return p.parse_args(argv)
 
 
-# Kept apart from cifar100.metrics.topk_accuracy on purpose: evaluation runs on a GPU node, and
-# depending on metrics.py would make every edit of the analysis numbers rerun it.
-def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
-    top = np.argpartition(-logits, min(k, logits.shape[1]) - 1, axis=1)[:, :k]
-    return float((top == labels[:, None]).any(axis=1).mean())
-
-
 def main(argv=None):
     a = parse_args(argv)
-    test, fine_names, _, _ = data.load_test(a.data_dir)
+    ds = data.load(a.data_dir)
+    test, fine_names = ds.test, ds.fine_names
     device = engine.pick_device(a.device)
-    model, ckpt = checkpoint.load_model(a.checkpoint, device=device, class_names=fine_names)
-    amp = engine.autocast_for(device, a.precision)
-    logits = engine.predict(model, DeviceSplit(test.images, test.labels, device), amp,
-                            batch_size=a.batch_size).numpy().astype(np.float32)
+    model, ckpt = checkpoint.load_model(a.checkpoint, device=device, class_names=fine_names,
+                                        data_version=engine.data_version(ds))
+    # fp32 logits (no autocast): every number after this file is computed from them.
+    logits = engine.predict(model, DeviceSplit(test.images, test.labels, device),
+                            engine.autocast_for(device, "fp32")).numpy().astype(np.float32)
     labels = test.labels.astype(np.int64)
-    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
     metrics = {
-        "top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5), "loss": loss,
         "n": int(len(labels)), "num_classes": len(fine_names), "selection": ckpt["selection"],
         "selected_epoch": ckpt["epoch"], "recipe": ckpt["recipe_name"], "seed": ckpt["seed"],
         "selection_note": ("best_test picks the epoch with the best test accuracy, as the notebook does: "
@@ -62,8 +55,8 @@ def main(argv=None):
     }
     write_npz(a.predictions, logits=logits, labels=labels)
     write_json(a.metrics, metrics)
-    print(f"{ckpt['recipe_name']} seed {ckpt['seed']}: top-1 {metrics['top1']:.4f} top-5 {metrics['top5']:.4f} "
-          f"loss {loss:.4f} on {len(labels)} test images")
+    print(f"{ckpt['recipe_name']} seed {ckpt['seed']} (epoch {ckpt['epoch']}): logits of {len(labels)} test "
+          f"images -> {a.predictions}")
 
 
 if __name__ == "__main__":

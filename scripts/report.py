@@ -21,10 +21,10 @@ Writes the five files it is given:
 """
 
 import argparse
-from cifar100 import config, data, metrics, plots
+from cifar100 import config, data, metrics, plots, readers
 from cifar100.cli import positive_int, run_cli
 from cifar100.exceptions import DataError
-from cifar100.files import read_json, write_csv, write_json, write_text
+from cifar100.files import write_csv, write_json, write_text
 
 REPORT_FIELDS = ["class_index", "class_name", "precision", "recall", "f1", "support"]
 
@@ -47,11 +47,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     a = parse_args(argv)
-    run_metrics = read_json(a.metrics)
-    if not isinstance(run_metrics, dict):
-        raise DataError(f"{a.metrics}: expected a JSON object, found {type(run_metrics).__name__}")
+    run_metrics = readers.read_metrics(a.metrics)
     test, fine_names, _, fine_to_coarse = data.load_test(a.data_dir)
     logits, labels = metrics.load_predictions(a.predictions, test.labels, len(fine_names))
+    if (run_metrics["n"], run_metrics["num_classes"]) != logits.shape:
+        raise DataError(f"{a.metrics}: describes {run_metrics['n']} test images of {run_metrics['num_classes']} "
+                        f"classes, but {a.predictions} holds {logits.shape[0]} of {logits.shape[1]}: "
+                        "files of different runs")
     probs = metrics.softmax(logits)
     preds, confidence = probs.argmax(axis=1), probs.max(axis=1)
     correct = preds == labels
@@ -64,12 +66,11 @@ def main(argv=None):
     calib = metrics.calibration(confidence, correct, a.ece_bins)
     plots.save(plots.reliability_diagram(calib), a.reliability)
 
-    # metrics.json comes first so its keys (recipe, seed, selection, ...) survive; what is
-    # computed here from the same predictions is added, and top1/top5 filled only if missing.
+    # metrics.json (which model: recipe, seed, selection, provenance) first; every number is
+    # computed here from the predictions.
     summary = dict(run_metrics)
     for k in (1, 5):
-        if summary.get(f"top{k}") is None:
-            summary[f"top{k}"] = metrics.topk_accuracy(logits, labels, k)
+        summary[f"top{k}"] = metrics.topk_accuracy(logits, labels, k)
     macro, weighted = report["macro avg"], report["weighted avg"]
     summary.update({
         "macro_precision": macro["precision"], "macro_recall": macro["recall"], "macro_f1": macro["f1"],

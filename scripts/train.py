@@ -22,8 +22,8 @@ import torch
 
 from cifar100 import config as cfg
 from cifar100 import data, deadline, engine
-from cifar100.cli import positive_int, run_cli
-from cifar100.exceptions import ConfigError, Preempted, UserError
+from cifar100.cli import positive_int, run_cli, seconds, seed
+from cifar100.exceptions import ConfigError, OutputError, Preempted, UserError
 from cifar100.files import ensure_dir
 
 
@@ -33,7 +33,7 @@ def parse_args(argv=None):
                    help="config file with the recipes and run settings (default: %(default)s)")
     p.add_argument("--recipe", default="baseline", help="recipe name in the config (default: %(default)s)")
     p.add_argument("--recipe-json", help="the recipe itself as JSON; overrides the config's (default: none)")
-    p.add_argument("--seed", type=int, default=0, help="run seed (default: %(default)s)")
+    p.add_argument("--seed", type=seed, default=0, help="run seed, 0..2**32-1 (default: %(default)s)")
     p.add_argument("--data-dir", help="folder holding cifar-100-python/ (default: the config's data_dir)")
     p.add_argument("--model", help="selected model to write (default: results/{recipe}/seed{seed}/model.pt)")
     p.add_argument("--history", help="per-epoch CSV to write (default: history.csv beside the model)")
@@ -48,7 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=positive_int,
                    help="CPU threads (default: PyTorch's choice; deterministic runs use a fixed count)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default: %(default)s)")
-    p.add_argument("--checkpoint-margin", type=float, help="in a Slurm job with a time limit, checkpoint and "
+    p.add_argument("--checkpoint-margin", type=seconds, help="in a Slurm job with a time limit, checkpoint and "
                    "stop this many seconds before it (default: none; the Snakefile passes the profile's)")
     return p.parse_args(argv)
 
@@ -94,8 +94,11 @@ def main(argv=None):
 
     def log(message: str) -> None:
         print(message, flush=True)
-        with open(attempts, "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        try:
+            with open(attempts, "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        except OSError as e:  # the first line is logged before training: a read-only folder stops here
+            raise OutputError(f"cannot write {attempts}: {e.strerror or e}") from e
 
     log(f"training {a.recipe} seed {a.seed} on {engine.pick_device(a.device)}: {len(ds.train)} images, "
         f"{ds.num_classes} classes -> {model_path}")

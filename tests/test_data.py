@@ -163,7 +163,7 @@ def test_partial_prestaged_folder_is_one_line_naming_the_file_and_nothing_is_tou
 def test_synthetic_set_lives_in_its_own_folder_and_is_never_overwritten(tmp_path):
     d = tmp_path / "data"
     first = run_script("download.py", "--data-dir", d, "--dataset", "synthetic", "--synthetic", SMALL)
-    assert "wrote synthetic dataset" in first.stdout
+    assert "wrote the dataset to" in first.stdout
     assert not (d / "cifar-100-python").exists(), "synthetic data went where real CIFAR-100 lives"
     (folder,) = d.glob("synthetic-*")
     before = _snapshot(folder)
@@ -189,6 +189,7 @@ def test_two_writers_racing_for_one_data_dir_both_succeed_with_one_complete_copy
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
+    assert sum("wrote the dataset" in out for out, _ in outs) == 1, outs  # the loser says it used the winner's
     (folder,) = d.glob("synthetic-*")
     assert len(data.load(folder).train) == 3000
     assert not list(d.glob(".incoming-*")), "a writer left its temporary folder behind"
@@ -205,6 +206,7 @@ def test_a_writer_that_loses_the_race_keeps_the_winners_copy(tmp_path, tiny_data
     data.put_in_place(d, write, log=messages.append)
     assert len(data.load(d).train) == 40  # the winner's set, untouched
     assert "appeared while this copy was being written" in messages[0]
+    assert not any("wrote" in m for m in messages)
     assert [p.name for p in d.iterdir()] == ["cifar-100-python"]
 
 

@@ -1,5 +1,6 @@
 """Grad-CAM: the formula against a direct per-image computation, hooks, the sanity check, image
-utilities, the figure's artists and the script end to end on a tiny checkpoint."""
+utilities, the figure's artists, and the two scripts end to end on a tiny checkpoint: gradcam.py
+(the GPU rule: maps only) and gradcam_figures.py (the CPU rule: figures and statistics)."""
 
 import json
 import sys
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
-from cifar100 import cam, checkpoint, data, plots  # noqa: E402
+from cifar100 import cam, cam_images, checkpoint, data, engine, metrics, plots  # noqa: E402
 from cifar100.cli import run_cli  # noqa: E402
 from cifar100.exceptions import UserError  # noqa: E402
 from cifar100.model import resnet18  # noqa: E402
@@ -117,12 +118,13 @@ def test_constant_maps_become_zeros():
     assert out[1].min() == 0 and out[1].max() == 1
 
 
-def test_randomisation_check(tiny):
+def test_randomised_maps(tiny):
     model, x, classes = tiny
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    check = cam.randomisation_check(model, x, classes, "layer4", "layer4", seed=0)
-    assert -1.0 <= check["mean"] <= 1.0
-    assert check["per_image"].shape == (6,) and check["maps"].shape == (6, 32, 32)
+    maps = cam.randomised_maps(model, x, classes, "layer4", seed=0)
+    assert maps.shape == (6, 32, 32)
+    torch.testing.assert_close(maps, cam.grad_cam(cam.randomised_copy(model, "layer4", seed=0), x, classes))
+    assert not torch.equal(maps, cam.grad_cam(model, x, classes))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # original untouched
     clone = cam.randomised_copy(model, "layer4", seed=0)
     changed = {k for k, v in clone.state_dict().items() if not torch.equal(v, before[k])}
@@ -131,38 +133,46 @@ def test_randomisation_check(tiny):
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in clone.state_dict().items())  # seeded
 
 
-def test_rank_correlation_matches_scipy():
-    from scipy.stats import spearmanr
+def average_ranks(x):
+    """Ranks 1..n with ties given their mean rank, written out directly."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):
+        ranks[x == v] = ranks[x == v].mean()
+    return ranks
 
+
+def test_map_rank_correlations_are_spearman_with_ties():
     rng = np.random.default_rng(0)
     a = rng.random((4, 8, 8))
     b = a + rng.normal(0, 0.3, a.shape)
     a[1, :4] = 0  # ties, as ReLU leaves them
     b[2, 2:] = 0.5
-    rho = cam.rank_correlation(a, b)
-    expected = [spearmanr(x.ravel(), y.ravel()).statistic for x, y in zip(a, b)]
+    rho = metrics.map_rank_correlations(a, b)
+    expected = [np.corrcoef(average_ranks(x.ravel()), average_ranks(y.ravel()))[0, 1] for x, y in zip(a, b)]
     np.testing.assert_allclose(rho, expected, atol=1e-12)
-    np.testing.assert_allclose(cam.rank_correlation(a, -a), -1)
-    assert np.isnan(cam.rank_correlation(np.zeros((1, 4, 4)), a[:1, :4, :4]))[0]
+    np.testing.assert_allclose(metrics.map_rank_correlations(a, -a), -1)
+    assert np.isnan(metrics.map_rank_correlations(np.zeros((1, 4, 4)), a[:1, :4, :4]))[0]
 
 
 def test_scale_and_overlay():
     maps = np.stack([np.full((4, 4), 2.0), np.arange(16.0).reshape(4, 4)])
-    s = cam.scale(maps)
+    s = cam_images.scale(maps)
     assert s.dtype == np.float32 and np.all(s[0] == 0) and s[1].min() == 0 and s[1].max() == 1
-    assert cam.scale(maps, size=(32, 32)).shape == (2, 32, 32)
-    assert cam.scale(maps[1]).shape == (4, 4)
+    assert cam_images.scale(maps, size=(32, 32)).shape == (2, 32, 32)
+    assert cam_images.scale(maps[1]).shape == (4, 4)
     image = np.full((32, 32, 3), 100, np.uint8)
     heat = np.zeros((32, 32), np.float32)
     heat[:16] = 1.0
-    out = cam.overlay(image, heat, alpha=1.0)
+    out = cam_images.overlay(image, heat, alpha=1.0)
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8
     assert out[0, 0, 0] > 100 and out[0, 0, 2] < 50  # JET at 1 is red (RGB order)
     assert out[-1, -1, 2] > 100 and out[-1, -1, 0] < 50  # JET at 0 is blue
-    assert np.array_equal(cam.overlay(image, heat, alpha=0.0), image)
-    assert cam.overlay(image, heat[:8, :8], 0.5).shape == (32, 32, 3)  # resized to the image
+    assert np.array_equal(cam_images.overlay(image, heat, alpha=0.0), image)
+    assert cam_images.overlay(image, heat[:8, :8], 0.5).shape == (32, 32, 3)  # resized to the image
     with pytest.raises(ValueError):
-        cam.overlay(image.astype(np.float32), cam)
+        cam_images.overlay(image.astype(np.float32), heat)
 
 
 def image_axes(fig):
@@ -190,14 +200,16 @@ def run_dir(tmp_path_factory):
     """Tiny synthetic dataset, a random width-4 checkpoint in the project's format, its predictions."""
     d = tmp_path_factory.mktemp("gradcam_run")
     data.write_synthetic(d, train_size=50, test_size=20, num_classes=5, num_coarse=5)
-    test, names, coarse, _ = data.load_test(d)
+    ds = data.load(d)
+    test, names, coarse = ds.test, ds.fine_names, ds.coarse_names
     torch.manual_seed(0)
     model = resnet18(num_classes=5, width=4).eval()
     torch.nn.init.zeros_(model.fc.bias)  # see `tiny`: keeps the predicted class's map non-constant
     checkpoint.save(d / "model.pt", {
         "model_args": {"num_classes": 5, "width": 4}, "recipe": {"width": 4}, "recipe_name": "tiny", "seed": 0,
         "selection": "last", "epoch": 1, "fine_names": names, "coarse_names": coarse or [],
-        "versions": checkpoint.versions(), "state_dict": model.state_dict(), "metrics": {}})
+        "versions": checkpoint.versions(), "state_dict": model.state_dict(), "metrics": {},
+        "fingerprint": {"data": engine.data_version(ds)}})
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(20, 5)).astype(np.float32)
     np.savez(d / "predictions.npz", logits=logits, labels=test.labels)
@@ -206,12 +218,19 @@ def run_dir(tmp_path_factory):
     return d
 
 
-def args(d, out, predictions="predictions.npz", *extra, maps=True):
-    """gradcam.py's command line, writing the workflow's file names into ``out``."""
-    files = ["--correct", out / "gradcam_correct.png", "--incorrect", out / "gradcam_incorrect.png",
-             "--summary", out / "gradcam_summary.json", *(["--maps", out / "gradcam_maps.npz"] if maps else [])]
+def args(d, out, predictions="predictions.npz", *extra):
+    """gradcam.py's command line, writing the workflow's file name into ``out``."""
     return [str(x) for x in ["--checkpoint", d / "model.pt", "--predictions", d / predictions, "--data-dir", d,
-                             *files, "--device", "cpu", *extra]]
+                             "--maps", out / "gradcam_maps.npz", "--device", "cpu", *extra]]
+
+
+def figures(d, out, predictions, *extra):
+    """gradcam.py, then gradcam_figures.py on its maps: the two rules' jobs in order."""
+    load_script("gradcam").main(args(d, out, predictions, *extra))
+    load_script("gradcam_figures").main([str(x) for x in [
+        "--maps", out / "gradcam_maps.npz", "--data-dir", d, "--correct", out / "gradcam_correct.png",
+        "--incorrect", out / "gradcam_incorrect.png", "--summary", out / "gradcam_summary.json"]])
+    return json.loads((out / "gradcam_summary.json").read_text())
 
 
 def flags_without_default(help_text):
@@ -229,52 +248,73 @@ def flags_without_default(help_text):
             if not e[0].lstrip().startswith("-h") and not any(w in " ".join(e) for w in ("default", "required"))]
 
 
-def test_help(capsys):
-    script = load_script("gradcam")
+@pytest.mark.parametrize("name", ["gradcam", "gradcam_figures"])
+def test_help(capsys, name):
     with pytest.raises(SystemExit) as e:
-        script.main(["--help"])
+        load_script(name).main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "--maps" in out and "--layer" in out
+    assert "--maps" in out
     assert flags_without_default(out) == []
 
 
-def test_smoke_writes_every_output(run_dir, tmp_path):
+def test_the_gpu_half_writes_maps_only(run_dir, tmp_path):
     load_script("gradcam").main(args(run_dir, tmp_path, "predictions.npz", "--n", "3"))
-    names = {"gradcam_correct.png", "gradcam_incorrect.png", "gradcam_maps.npz", "gradcam_summary.json"}
-    assert names <= {p.name for p in tmp_path.iterdir()}
-    s = json.loads((tmp_path / "gradcam_summary.json").read_text())
-    assert s["layer"] == "layer4" and s["n"] == 3 and 0 <= s["prediction_agreement"] <= 1
-    assert -1 <= s["mean_rank_correlation_randomised"] <= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gradcam_maps.npz"]
     with np.load(tmp_path / "gradcam_maps.npz") as f:
         maps, idx = f["maps"], f["indices"]
-        assert maps.dtype == np.float32 and maps.shape == (len(idx), 32, 32)
-        assert 0 <= maps.min() and maps.max() <= 1
-        assert len(idx) == s["n_correct"] + s["n_incorrect"] == 6 and idx.tolist() == s["indices"]
+        assert maps.dtype == np.float32 and maps.shape == f["maps_randomised"].shape == (len(idx), 32, 32)
+        assert 0 <= maps.min() and maps.max() <= 1 and len(idx) == 6 and str(f["layer"]) == "layer4"
         with np.load(run_dir / "predictions.npz") as p:
             pred = p["logits"].argmax(1)
         assert np.array_equal(f["classes"], pred[idx])  # the predicted class is explained
         assert f["correct"][:3].all() and not f["correct"][3:].any()
-    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temp files
+
+
+def test_smoke_writes_every_output(run_dir, tmp_path):
+    s = figures(run_dir, tmp_path, "predictions.npz", "--n", "3")
+    names = {"gradcam_correct.png", "gradcam_incorrect.png", "gradcam_maps.npz", "gradcam_summary.json"}
+    assert names == {p.name for p in tmp_path.iterdir()}  # and no temp files: atomic writes
+    assert s["layer"] == "layer4" and s["n"] == 3 and 0 <= s["prediction_agreement"] <= 1
+    with np.load(tmp_path / "gradcam_maps.npz") as f:
+        assert f["indices"].tolist() == s["indices"] and s["n_correct"] + s["n_incorrect"] == 6
+        rho = metrics.map_rank_correlations(f["maps"], f["maps_randomised"])
+    got = [np.nan if r is None else r for r in s["rank_correlation_randomised_per_image"]]  # JSON null = NaN
+    np.testing.assert_allclose(got, rho)
+    assert s["mean_rank_correlation_randomised"] == pytest.approx(np.nanmean(rho))
 
 
 def test_fewer_than_n_and_none_of_a_kind(run_dir, tmp_path):
-    load_script("gradcam").main(args(run_dir, tmp_path, "all_correct.npz", "--n", "4", maps=False))
-    s = json.loads((tmp_path / "gradcam_summary.json").read_text())
-    assert (s["n_correct"], s["n_incorrect"]) == (4, 0) and s["maps_saved"] is False
-    assert (tmp_path / "gradcam_incorrect.png").is_file() and not (tmp_path / "gradcam_maps.npz").exists()
+    s = figures(run_dir, tmp_path, "all_correct.npz", "--n", "4")
+    assert (s["n_correct"], s["n_incorrect"]) == (4, 0)
+    assert (tmp_path / "gradcam_incorrect.png").is_file()
 
 
-def test_figure_shows_fewer_with_a_note(run_dir):
-    script = load_script("gradcam")
+def test_figure_shows_fewer_with_a_note(run_dir, tmp_path):
+    load_script("gradcam").main(args(run_dir, tmp_path, "predictions.npz", "--n", "5"))
+    script = load_script("gradcam_figures")
     test, names, _, _ = data.load_test(run_dir)
-    idx = np.array([0, 1])
-    maps = np.zeros((2, 32, 32), np.float32)
-    pred, conf = test.labels, np.full(len(test.labels), 0.5)
-    fig = script.figure("incorrect", idx, test.images, maps, test.labels, pred, conf, names, 5, "layer4", 0.5, 20)
-    assert len(image_axes(fig)) == 4
-    assert image_axes(fig)[0].get_title() == f"true: {names[test.labels[0]]}\npred: {names[pred[0]]} (0.50)"
+    with np.load(tmp_path / "gradcam_maps.npz") as f:
+        m = {k: f[k] for k in f.files}
+    rows = np.flatnonzero(~m["correct"])[:2]
+    m["n_requested"] = np.int64(5)
+    fig = script.figure("incorrect", rows, m, test.images, names, 20)
+    assert len(image_axes(fig)) == 6  # image, overlay, randomised overlay per image
+    i = m["indices"][rows[0]]
+    assert image_axes(fig)[0].get_title() == (f"true: {names[test.labels[i]]}\npred: {names[m['classes'][rows[0]]]} "
+                                              f"({m['confidence'][rows[0]]:.2f})")
     assert any("only 2 incorrect" in t.get_text() for t in fig.texts)
+
+
+def test_a_model_of_other_data_is_refused(run_dir, tmp_path, capsys):
+    other = tmp_path / "other"
+    data.write_synthetic(other, train_size=50, test_size=20, num_classes=5, num_coarse=5, seed=1)
+    (other / "cifar-100-python" / "meta").write_bytes((run_dir / "cifar-100-python" / "meta").read_bytes())
+    a = args(run_dir, tmp_path)
+    a[a.index("--data-dir") + 1] = str(other)
+    with pytest.raises(SystemExit) as e:
+        run_cli(load_script("gradcam").main, a)
+    assert e.value.code == 2 and "trained on other data" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case, pattern", [

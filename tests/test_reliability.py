@@ -324,12 +324,12 @@ def test_a_diverged_run_fails_at_once_when_retried_until_its_recipe_changes(tiny
 
 def test_unreadable_resume_checkpoint_is_kept_aside_and_training_starts_over(tiny_data, tmp_path):
     (tmp_path / "last.pt").write_bytes(b"PK\x03\x04 torn")
-    (tmp_path / ".last.pt.999.deadbeef.tmp.pt").write_bytes(b"left by a killed writer")
+    (tmp_path / ".last.pt.999-deadbeef.cifar100-partial.pt").write_bytes(b"left by a killed writer")
     logs = []
     _run(tiny_data, tmp_path, _spec(epochs=1), logs)
     aside = [p.name for p in tmp_path.glob("last.pt.unreadable-*")]
     assert len(aside) == 1 and any(aside[0] in m for m in logs)
-    assert not list(tmp_path.glob(".*.tmp*"))
+    assert not (tmp_path / ".last.pt.999-deadbeef.cifar100-partial.pt").exists()
     assert checkpoint.load(tmp_path / "last.pt")["complete"]
 
 

@@ -15,9 +15,10 @@ from scipy import stats
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
-from cifar100 import plots, replicates  # noqa: E402
+from cifar100 import plots, replicates, seed_agreement  # noqa: E402
 from cifar100.cli import run_cli  # noqa: E402
 from cifar100.exceptions import DataError  # noqa: E402
+from cifar100.files import write_csv  # noqa: E402
 from helpers import load_script  # noqa: E402
 
 TOP1 = {0: 0.70, 1: 0.72, 2: 0.74}
@@ -235,22 +236,50 @@ def test_aggregate_bad_input_exits_2(three_seeds, tmp_path, capsys):
 
 
 def make_recipe(root, recipe, top1s):
+    """seeds_summary.csv (aggregate.py), churn.csv and ensemble.csv (seeds_study.py's functions, on
+    random logits of 40 test images) of one recipe; returns the three paths and the predictions."""
     files = [write_seed(root, recipe, s, t) for s, t in enumerate(top1s)]
     load_script("aggregate").main(aggregate_args(files, root / recipe))
-    return root / recipe / "seeds_summary.csv"
+    rng = np.random.default_rng(len(top1s))
+    labels = rng.integers(0, 5, 40)
+    logits = rng.normal(size=(len(top1s), 40, 5)) + 1.5 * np.eye(5)[labels]
+    preds = logits.argmax(axis=2)
+    write_csv(root / recipe / "churn.csv", [replicates.cells({**r, "recipe": recipe})
+                                            for r in seed_agreement.churn_rows(preds, labels, list(range(len(top1s))))],
+              seed_agreement.CHURN_FIELDS)
+    write_csv(root / recipe / "ensemble.csv", [replicates.cells({"recipe": recipe,
+                                                                 **seed_agreement.ensemble(logits, labels)})])
+    return root / recipe / "seeds_summary.csv", root / recipe / "churn.csv", root / recipe / "ensemble.csv", (
+        logits, labels)
+
+
+def compare_args(recipes, table, figure):
+    return [str(x) for x in ["--summaries", *[r[0] for r in recipes], "--churn", *[r[1] for r in recipes],
+                             "--ensemble", *[r[2] for r in recipes], "--table", table, "--figure", figure]]
 
 
 def test_compare_two_recipes(tmp_path):
     a = make_recipe(tmp_path, "baseline", [0.70, 0.72, 0.74])
     b = make_recipe(tmp_path, "cosine", [0.75])
     table, figure = tmp_path / "recipes_summary.csv", tmp_path / "recipes_comparison.png"
-    load_script("compare").main([str(x) for x in ["--summaries", a, b, "--table", table, "--figure", figure]])
+    load_script("compare").main(compare_args([a, b], table, figure))
     rows = read_csv(table)
     assert [(r["recipe"], r["n_seeds"]) for r in rows] == [("baseline", "3"), ("cosine", "1")]
     assert float(rows[0]["top1_mean"]) == pytest.approx(0.72)
     assert float(rows[0]["top1_ci95_halfwidth"]) == pytest.approx(stats.t.ppf(0.975, 2) * 0.02 / math.sqrt(3))
     assert rows[1]["top1_ci95_low"] == "" and rows[1]["note"] == replicates.ONE_SEED_NOTE
     assert figure.is_file()
+    # Mean churn over the 3 pairs and the ensemble's top-1 gain, recomputed with numpy.
+    logits, labels = a[3]
+    preds = logits.argmax(axis=2)
+    churn = [np.mean(preds[i] != preds[j]) for i, j in ((0, 1), (0, 2), (1, 2))]
+    assert float(rows[0]["churn_mean"]) == pytest.approx(np.mean(churn)) and rows[0]["churn_n_pairs"] == "3"
+    assert float(rows[0]["churn_ci95_low"]) <= float(rows[0]["churn_mean"]) <= float(rows[0]["churn_ci95_high"])
+    probs = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+    gain = np.mean(probs.mean(0).argmax(1) == labels) - np.mean(preds == labels)
+    assert float(rows[0]["ensemble_top1_gain"]) == pytest.approx(gain) and rows[0]["ensemble_n_images"] == "40"
+    assert rows[1]["churn_mean"] == "" and rows[1]["churn_n_pairs"] == "0"  # one seed: no pair
+    assert float(rows[1]["ensemble_top1_gain"]) == pytest.approx(0.0)  # an ensemble of one is that seed
 
 
 def test_comparison_figure_artists():
@@ -270,39 +299,27 @@ def test_comparison_figure_artists():
 def test_compare_one_recipe(tmp_path):
     a = make_recipe(tmp_path, "baseline", [0.70])
     table, figure = tmp_path / "t.csv", tmp_path / "f.png"
-    load_script("compare").main([str(x) for x in ["--summaries", a, "--table", table, "--figure", figure]])
+    load_script("compare").main(compare_args([a], table, figure))
     assert [r["recipe"] for r in read_csv(table)] == ["baseline"] and figure.is_file()
 
 
 def test_compare_refuses_a_recipe_twice(tmp_path, capsys):
     a = make_recipe(tmp_path, "baseline", [0.70, 0.71])
     with pytest.raises(SystemExit) as e:
-        run_cli(load_script("compare").main,
-                [str(x) for x in ["--summaries", a, a, "--table", tmp_path / "t.csv",
-                                  "--figure", tmp_path / "f.png"]])
+        run_cli(load_script("compare").main, compare_args([a, a], tmp_path / "t.csv", tmp_path / "f.png"))
     assert e.value.code == 2 and "more than one summary" in capsys.readouterr().err
     assert not (tmp_path / "t.csv").exists()
+    b = make_recipe(tmp_path, "cosine", [0.70, 0.71])
+    with pytest.raises(SystemExit) as e:  # churn and ensemble files in another order than the summaries
+        run_cli(load_script("compare").main, compare_args([a, (b[0], a[1], a[2])], tmp_path / "t.csv",
+                                                          tmp_path / "f.png"))
+    assert e.value.code == 2 and "churn and ensemble files are of 'baseline'" in capsys.readouterr().err
 
 
-def test_seeds_summary_states_how_optimistic_best_test_selection_is(three_seeds, tmp_path):
-    """Per seed, the best epoch's test accuracy minus the last epoch's, from history.csv."""
-    peaks = {0: [0.50, 0.72, 0.70], 1: [0.60, 0.65, 0.65], 2: [0.40, 0.80, 0.71]}
-    for f, (seed, acc) in zip(three_seeds, peaks.items()):
-        rows = read_csv(f["history"])
-        for r, a in zip(rows, acc):
-            r["test_acc"] = a
-        with open(f["history"], "w", newline="") as out:
-            w = csv.DictWriter(out, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+def test_selection_optimism_is_not_in_seeds_summary(three_seeds, tmp_path):
+    """How optimistic best_test selection is comes from one rule only (seeds_study's
+    selection_optimism.csv): seeds_summary.csv does not compute it again."""
     out = tmp_path / "out"
     load_script("aggregate").main(aggregate_args(three_seeds, out))
-    rows = read_csv(out / "seeds_summary.csv")
-    col = replicates.OPTIMISM
-    x = np.array([max(a) - a[-1] for a in peaks.values()])
-    assert [float(r[col]) for r in rows if r["row"] == "seed"] == pytest.approx(x.tolist())
-    stat = {r["row"]: r for r in rows}
-    assert float(stat["mean"][col]) == pytest.approx(x.mean())
-    low, high = stats.t.interval(0.95, 2, loc=x.mean(), scale=stats.sem(x))
-    assert float(stat["ci95_low"][col]) == pytest.approx(max(low, 0.0))
-    assert float(stat["ci95_high"][col]) == pytest.approx(high)
+    header = (out / "seeds_summary.csv").read_text().splitlines()[0].split(",")
+    assert header == ["row", "recipe", "seed", "n_seeds", *replicates.METRICS, "note"]

@@ -12,11 +12,9 @@ image's logit depends only on its own activations, so the gradient of the summed
 every image's own gradient at once. Parameter ``.grad`` fields are never touched.
 
 The sanity check re-initialises a layer of a copy of the model and recomputes the maps: maps that
-explain the model should change, i.e. the mean Spearman rank correlation between trained and
-randomised maps should be well below 1.
-
-Model code first; the image utilities at the end (``scale``, ``overlay``, ``rank_correlation``)
-are pure numpy and never touch a model. No scipy: the Grad-CAM rule runs in the training env.
+explain the model should change. This module computes maps only (it is model code: the Grad-CAM
+rule runs it on a GPU node); how far the two sets of maps agree (Spearman correlation), the
+overlays and the figures are CPU analysis (metrics.map_rank_correlations, cam_images, plots).
 """
 
 import copy
@@ -136,89 +134,15 @@ def randomised_copy(model: nn.Module, layer="layer4", seed: int = 0) -> nn.Modul
     return clone.to(device)
 
 
-def randomisation_check(model, images, classes, layer="layer4", randomise="layer4", seed: int = 0,
-                        maps: torch.Tensor | None = None, batch_size: int = 128) -> dict:
-    """Adebayo et al.'s model-randomisation test: Spearman correlation of trained vs randomised maps.
-
-    Returns ``mean`` (NaN when no image has a non-constant pair of maps), ``per_image`` and the
-    randomised ``maps``. Pass the trained ``maps`` if already computed.
-    """
-    if maps is None:
-        maps = grad_cam(model, images, classes, layer, batch_size)
-    rand = randomised_copy(model, randomise, seed)
-    rand_layer = layer if isinstance(layer, str) else next(n for n, m in model.named_modules() if m is layer)
-    rand_maps = grad_cam(rand, images, classes, rand_layer, batch_size)
-    rho = rank_correlation(maps.cpu().numpy(), rand_maps.cpu().numpy())
-    finite = rho[np.isfinite(rho)]
-    return {"mean": float(finite.mean()) if len(finite) else float("nan"), "per_image": rho,
-            "maps": rand_maps}
+def randomised_maps(model, images, classes, layer="layer4", seed: int = 0, batch_size: int = 128) -> torch.Tensor:
+    """Adebayo et al.'s model-randomisation test, its model half: the maps of a copy of ``model``
+    whose ``layer`` is re-initialised (with ``seed``), for the same images and classes."""
+    rand = randomised_copy(model, layer, seed)
+    name = layer if isinstance(layer, str) else next(n for n, m in model.named_modules() if m is layer)
+    return grad_cam(rand, images, classes, name, batch_size)
 
 
-# --- image utilities: numpy only, no model ------------------------------------------------------
-
-
-def scale(maps: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Min-max scale each map of [N, H, W] (or one [H, W]) to [0, 1], constant maps to 0; then
-    optionally resize to ``size`` (width, height) bilinearly."""
-    maps = np.asarray(maps, dtype=np.float32)
-    single = maps.ndim == 2
-    m = maps[None] if single else maps
-    flat = m.reshape(len(m), -1)
-    lo = flat.min(1, keepdims=True) if flat.size else np.zeros((len(m), 1), np.float32)
-    span = (flat.max(1, keepdims=True) if flat.size else lo) - lo
-    flat = np.where(span > 0, (flat - lo) / np.where(span > 0, span, 1), 0.0).astype(np.float32)
-    m = flat.reshape(m.shape)
-    if size is not None:
-        import cv2
-
-        m = np.stack([cv2.resize(x, size, interpolation=cv2.INTER_LINEAR) for x in m]) if len(m) else (
-            np.zeros((0, size[1], size[0]), np.float32))
-    return m[0] if single else m
-
-
-def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, colormap: int | None = None) -> np.ndarray:
-    """Blend a [0, 1] map over an RGB uint8 image [H, W, 3] with an OpenCV colour map (JET).
-
-    Returns RGB uint8 ``(1 - alpha) * image + alpha * colour(cam)``; ``cam`` is resized to the
-    image if needed.
-    """
-    import cv2
-
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"overlay needs an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    cam = np.clip(np.asarray(cam, dtype=np.float32), 0.0, 1.0)
-    if cam.shape != image.shape[:2]:
-        cam = cv2.resize(cam, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-    heat = cv2.applyColorMap(np.uint8(np.round(255 * cam)), cv2.COLORMAP_JET if colormap is None else colormap)
-    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)  # OpenCV colour maps are BGR
-    return np.uint8(np.round((1 - alpha) * image.astype(np.float32) + alpha * heat.astype(np.float32)))
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of a 1-d array, ties given their average rank (as scipy.stats.rankdata)."""
-    order = np.argsort(x, kind="stable")
-    inv = np.empty_like(order)
-    inv[order] = np.arange(len(x))
-    xs = x[order]
-    new = np.r_[True, xs[1:] != xs[:-1]]
-    dense = np.cumsum(new)[inv]
-    bounds = np.r_[np.flatnonzero(new), len(x)]
-    return 0.5 * (bounds[dense] + bounds[dense - 1] + 1)
-
-
-def rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman correlation of each pair of maps a[i], b[i] (any shape per map); NaN where either
-    map is constant."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"maps differ in shape: {a.shape} vs {b.shape}")
-    out = np.full(len(a), np.nan)
-    for i, (x, y) in enumerate(zip(a.reshape(len(a), -1), b.reshape(len(b), -1))):
-        rx, ry = _ranks(x) - (len(x) + 1) / 2, _ranks(y) - (len(y) + 1) / 2
-        den = np.sqrt((rx * rx).sum() * (ry * ry).sum())
-        if den > 0:
-            out[i] = float(np.clip((rx * ry).sum() / den, -1.0, 1.0))
-    return out
+def most_confident(confidence: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` highest ``confidence`` values where ``mask`` (fewer if fewer exist)."""
+    idx = np.flatnonzero(mask)
+    return idx[np.argsort(-confidence[idx], kind="stable")[:n]]

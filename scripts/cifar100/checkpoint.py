@@ -49,9 +49,11 @@ def load_error_reason(e: Exception) -> str:
     return " ".join(kept) or type(e).__name__
 
 
-def load_model(path, num_classes: int | None = None, device="cpu", class_names: list[str] | None = None):
+def load_model(path, num_classes: int | None = None, device="cpu", class_names: list[str] | None = None,
+               data_version: str | None = None):
     """Rebuild the model a checkpoint describes; check it fits a dataset of ``num_classes``
-    (``len(class_names)`` when names are given) and, with ``class_names``, that its classes are those."""
+    (``len(class_names)`` when names are given), with ``class_names`` that its classes are those,
+    and with ``data_version`` (engine.data_version of the dataset) that it was trained on that data."""
     if class_names is not None:
         num_classes = len(class_names)
     ckpt = load(path)
@@ -66,13 +68,37 @@ def load_model(path, num_classes: int | None = None, device="cpu", class_names: 
         )
     if class_names is not None and list(ckpt.get("fine_names", class_names)) != list(class_names):
         raise CheckpointError(f"{path}: its class names differ from the dataset's")
+    if data_version is not None:
+        trained_on = (ckpt.get("fingerprint") or {}).get("data") if isinstance(ckpt.get("fingerprint"), dict) else None
+        if trained_on != data_version:
+            raise CheckpointError(
+                f"{path}: trained on other data ({trained_on or 'not recorded'}) than this dataset holds "
+                f"({data_version}): retrain it on this data, or point --data-dir at the data it was trained on")
     bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()]
     if bad:
         raise CheckpointError(f"{path}: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}); "
                               "the model it holds diverged or the file is damaged")
+    _check_shapes(path, args, state)
     model = resnet18(**args)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit ResNet-18 {args} ({str(e).splitlines()[0]})") from e
     return model.to(device).eval(), ckpt
+
+
+def _check_shapes(path, args: dict, state: dict) -> None:
+    """The weights' shapes against those ``model_args`` describe, on the meta device (no memory):
+    model_args are data, and a width of 100000 would ask for terabytes before load_state_dict
+    could compare. The weights themselves were already read, so building the real model after
+    this check costs what the file holds."""
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in resnet18(**args).state_dict().items()}
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: model_args {args} do not describe a ResNet-18 ({e})") from e
+    got = {k: tuple(v.shape) for k, v in state.items() if torch.is_tensor(v)}
+    if got != expected:
+        wrong = sorted(set(expected) ^ set(got)) or [k for k in expected if expected[k] != got[k]]
+        raise CheckpointError(f"{path}: weights do not fit ResNet-18 {args} (first difference: {wrong[0]} "
+                              f"{got.get(wrong[0])} in the file, {expected.get(wrong[0])} expected)")

@@ -1,6 +1,7 @@
 """What every script's command line shares: one-line errors and argument types."""
 
 import argparse
+import math
 import sys
 
 from .exceptions import DataError, Preempted, UserError
@@ -24,6 +25,26 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+# The seeds the config schema allows; engine.FIXED_SEED (2**32) lies outside on purpose.
+SEED_MAX = 2**32 - 1
+
+
+def seed(text: str) -> int:
+    """argparse type for a run seed: an integer 0..2**32-1, as in the config schema."""
+    value = int(text)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be 0..{SEED_MAX}, got {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """argparse type for a duration: a finite number >= 0 (nan and inf are refused)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text}")
     return value
 
 

@@ -138,6 +138,12 @@ def validate_recipe(name: str, recipe: dict) -> dict:
 def _check_recipe(name: str, r: dict) -> None:
     if r["schedule"] == "step" and ("step_size" not in r or "gamma" not in r):
         raise ConfigError(f"config key recipes/{name}: schedule 'step' needs step_size and gamma")
+    if r["schedule"] == "multistep" and ("milestones" not in r or "gamma" not in r):
+        raise ConfigError(f"config key recipes/{name}: schedule 'multistep' needs milestones and gamma")
+    if r["mixup"] and r["cutmix"]:
+        raise ConfigError(f"config key recipes/{name}: mixup and cutmix are alternatives; set one of them to 0")
+    if r["ema_model"] and not r["ema_decay"]:
+        raise ConfigError(f"config key recipes/{name}/ema_model: the moving average needs ema_decay > 0")
     if r["nesterov"] and r["momentum"] == 0:
         raise ConfigError(f"config key recipes/{name}/nesterov: Nesterov momentum needs momentum > 0")
 
@@ -169,6 +175,45 @@ def check_combinations(config: dict) -> None:
     if syn["num_coarse"] > syn["num_classes"]:
         raise ConfigError(f"config key synthetic/num_coarse: {syn['num_coarse']} superclasses for "
                           f"{syn['num_classes']} classes (at most one per class)")
+    if syn["train_size"] < syn["num_classes"]:
+        raise ConfigError(f"config key synthetic/train_size: {syn['train_size']} training images cannot hold "
+                          f"all {syn['num_classes']} classes (at least one image per class)")
+
+
+# What a shell or a Snakemake pattern acts on. Config strings and the working directory reach the
+# job scripts Snakemake's Slurm executor writes (and, without pass-command-as-script, a second
+# shell inside sbatch --wrap="..."), where the rules' own :q quoting does not reach; braces are
+# wildcards to Snakemake. Spaces and non-ASCII letters stay allowed.
+SHELL_SYNTAX = frozenset("$`\"'\\;&|<>{}\n\r")
+
+
+def _strings(value, where: str):
+    """(key path, text) of every string in ``value``: values, list items and mapping keys
+    (recipe names) alike."""
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield where or "(top level)", str(k)
+            yield from _strings(v, f"{where}/{k}" if where else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{where}/{i}")
+
+
+def refuse_shell_syntax(config: dict, workdir, workflow_dir=None) -> None:
+    """Raise ConfigError, naming the key (or folder), if any string of the resolved ``config``, the
+    working directory or the workflow's folder holds shell syntax (SHELL_SYNTAX)."""
+    texts = [(f"config key {where}", text) for where, text in _strings(config, "")]
+    texts.append(("working directory", str(workdir)))
+    if workflow_dir is not None:
+        texts.append(("workflow folder", str(workflow_dir)))
+    for what, text in texts:
+        bad = "".join(sorted(set(text) & SHELL_SYNTAX))
+        if bad:
+            raise ConfigError(f"{what}: {text!r} holds shell syntax ({bad!r}), which a job script could run or "
+                              f"Snakemake read as a wildcard; use a name without $ ` \" ' \\ ; & | < > {{ }} "
+                              f"or line breaks (spaces and non-ASCII letters are fine)")
 
 
 def load(path=REPO_CONFIG) -> dict:

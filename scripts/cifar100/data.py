@@ -3,7 +3,7 @@
 The pickles are read straight into uint8 arrays with a restricted unpickler, not through
 torchvision, so any dataset written in this layout works: class count and the fine and coarse
 class names come from ``meta``. ``write_synthetic`` writes a small learnable dataset in the same
-layout for tests and smoke runs; ``download`` fetches the real one with torchvision (md5-checked).
+layout for tests and smoke runs; ``download`` fetches the real one (md5-checked, standard library only).
 """
 
 import hashlib
@@ -25,7 +25,10 @@ from .files import atomic_path
 FOLDER = "cifar-100-python"
 FILES = ("train", "test", "meta")
 IMAGE_SHAPE = (32, 32, 3)
+SYNTHETIC_CHUNK = 4096  # images generated at once (float64: 100 MB of work arrays)
 # The official files' md5 sums (torchvision checks the same ones after a download).
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 OFFICIAL_MD5 = {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
                 "meta": "7973b15100ade9c7d40fb424638fde48"}
 
@@ -39,6 +42,11 @@ _ALLOWED = {
     ("numpy", "dtype"),
     ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
 }
+
+
+# Containers the official files nest: dict -> list -> str. Deeper nesting is refused before numpy
+# walks it (np.asarray of 30 levels of shared lists would ask for 2**30 elements).
+MAX_DEPTH = 8
 
 
 class _Refused(pickle.UnpicklingError):
@@ -71,6 +79,14 @@ class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) not in _ALLOWED:
             raise _Refused(f"refusing to load global {module}.{name}")
+        if name == "dtype":  # every dtype, nested fields included, is built through this call
+            def dtype(*args):
+                made = np.dtype(*args)
+                if made.hasobject:
+                    # numpy trusts an object array's pickled list to fill its shape: a short one segfaults
+                    raise _Refused("refusing an array of Python objects (only numeric arrays are read)")
+                return made
+            return dtype
         target = None
         if module.startswith("numpy.core"):  # numpy 2 renamed numpy.core to numpy._core
             try:
@@ -106,7 +122,34 @@ def safe_load(path: Path) -> dict:
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a dict, found {type(obj).__name__}")
     # Python 2 pickles may carry bytes keys.
+    _check_containers(obj, path, limit=len(raw))
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _check_containers(obj, path: Path, limit: int) -> None:
+    """Refuse nesting deeper than MAX_DEPTH, or more container items than the file has bytes.
+
+    A pickle can reuse one list many times (memo references), so a few hundred bytes can hold a
+    structure that numpy would expand into gigabytes; counting items as numpy would visit them,
+    stopping at the file's size, costs at most that many steps. A real file stores every item at
+    least once, in at least one byte.
+    """
+    stack, items = [(obj, 0)], 0
+    while stack:
+        x, depth = stack.pop()
+        if isinstance(x, dict):
+            children = [*x.keys(), *x.values()]
+        elif isinstance(x, (list, tuple, set, frozenset)):
+            children = list(x)
+        else:
+            continue
+        if depth >= MAX_DEPTH:
+            raise DataError(f"{path}: unsafe pickle (containers nested more than {MAX_DEPTH} deep)")
+        items += len(children)
+        if items > limit:
+            raise DataError(f"{path}: unsafe pickle (its lists and dicts hold more items than a file of "
+                            f"{limit} bytes can store: repeated references)")
+        stack.extend((c, depth + 1) for c in children)
 
 
 @dataclass
@@ -138,8 +181,19 @@ class Dataset:
 def _fine_to_coarse(split: Split, num_classes: int) -> np.ndarray | None:
     if split.coarse is None:
         return None
-    mapping = np.full(num_classes, -1, dtype=np.int64)  # -1: class absent from the split
-    mapping[split.labels] = split.coarse
+    return _superclass_map(split.labels, split.coarse, num_classes)
+
+
+def _superclass_map(labels: np.ndarray, coarse: np.ndarray, num_classes: int, path=None) -> np.ndarray:
+    """Superclass of each fine class (-1: class absent); DataError if a fine class has two."""
+    mapping = np.full(num_classes, -1, dtype=np.int64)
+    mapping[labels] = coarse
+    bad = np.flatnonzero(mapping[labels] != coarse)
+    if bad.size:
+        i = bad[0]
+        raise DataError(f"{path or 'dataset'}: coarse labels disagree with fine labels: fine class {labels[i]} "
+                        f"is in superclass {coarse[i]} at image {i} and in superclass {mapping[labels[i]]} "
+                        "elsewhere (each fine class must belong to exactly one superclass)")
     return mapping
 
 
@@ -196,6 +250,8 @@ def _split(path: Path, num_fine: int, num_coarse: int | None) -> Split:
     n = data.shape[0]
     labels = _labels(d, "fine_labels", n, path, num_fine)
     coarse = _labels(d, "coarse_labels", n, path, num_coarse) if num_coarse else None
+    if coarse is not None:
+        _superclass_map(labels, coarse, num_fine, path)  # each fine class in exactly one superclass
     # Official rows are channel-major (R plane, G plane, B plane); we keep NHWC uint8.
     images = np.ascontiguousarray(data.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1))
     return Split(images, labels, coarse)
@@ -239,6 +295,13 @@ def load(data_dir) -> Dataset:
         )
     if train.coarse is None or test.coarse is None:
         coarse, train.coarse, test.coarse = None, None, None
+    else:
+        a, b = _fine_to_coarse(train, len(fine)), _fine_to_coarse(test, len(fine))
+        differ = np.flatnonzero((a >= 0) & (b >= 0) & (a != b))
+        if differ.size:
+            c = differ[0]
+            raise DataError(f"{root}: coarse labels disagree between train and test: fine class {fine[c]!r} is "
+                            f"in superclass {coarse[a[c]]!r} in train and {coarse[b[c]]!r} in test")
     return Dataset(train, test, fine, coarse)
 
 
@@ -280,8 +343,9 @@ def write_synthetic(
     pattern, randomly shifted by up to 2 pixels, plus Gaussian noise. Classes of one superclass
     look alike, so errors concentrate inside superclasses as they do on CIFAR-100.
     """
-    if num_classes < 2 or num_coarse < 1 or num_coarse > num_classes:
-        raise DataError("synthetic: need num_classes >= 2 and 1 <= num_coarse <= num_classes")
+    if num_classes < 2 or num_coarse < 1 or num_coarse > num_classes or train_size < num_classes:
+        raise DataError("synthetic: need num_classes >= 2, 1 <= num_coarse <= num_classes and "
+                        "train_size >= num_classes")
     rng = np.random.default_rng(seed)
     coarse_of = np.arange(num_classes) % num_coarse
 
@@ -295,9 +359,15 @@ def write_synthetic(
         labels = np.arange(n) % num_classes
         rng.shuffle(labels)
         shifts = rng.integers(-2, 3, size=(n, 2))
-        imgs = np.stack([np.roll(protos[c], tuple(s), axis=(0, 1)) for c, s in zip(labels, shifts)])
-        imgs = 0.5 + 0.35 * imgs + noise * rng.standard_normal(imgs.shape)
-        return (np.clip(imgs, 0, 1) * 255).round().astype(np.uint8), labels
+        out = np.empty((n, *IMAGE_SHAPE), dtype=np.uint8)
+        # In chunks: float64 work arrays stay small whatever n is; the generator draws the same
+        # numbers as one call for all images would.
+        for start in range(0, n, SYNTHETIC_CHUNK):
+            part = slice(start, min(n, start + SYNTHETIC_CHUNK))
+            imgs = np.stack([np.roll(protos[c], tuple(s), axis=(0, 1)) for c, s in zip(labels[part], shifts[part])])
+            imgs = 0.5 + 0.35 * imgs + noise * rng.standard_normal(imgs.shape)
+            out[part] = (np.clip(imgs, 0, 1) * 255).round().astype(np.uint8)
+        return out, labels
 
     root = dataset_dir(data_dir)
     for name, n in (("train", train_size), ("test", test_size)):
@@ -311,17 +381,38 @@ def write_synthetic(
 
 
 def download(data_dir) -> Path:
-    """Fetch CIFAR-100 with torchvision (which verifies the archive's and files' md5 sums)."""
-    from torchvision.datasets import CIFAR100
+    """Fetch the official CIFAR-100 archive into ``data_dir`` (put_in_place's fresh folder) and
+    unpack its three files, md5-checked as torchvision checks them. Standard library only: the
+    dataset step runs on the login node in envs/data.yaml, without PyTorch."""
+    import tarfile
+    import urllib.request
 
+    def failed(reason):
+        return DataError(f"cannot download CIFAR-100 from {CIFAR100_URL} ({reason}); on a machine without "
+                         "internet, put cifar-100-python/ (train, test, meta) into data_dir first")
+
+    archive = Path(data_dir) / f"{FOLDER}.tar.gz"
     try:
-        for train in (True, False):
-            CIFAR100(root=str(data_dir), train=train, download=True)
-    except (OSError, RuntimeError) as e:  # no network (URLError is an OSError), a bad md5, a full disk
-        reason = getattr(e, "reason", None) or e
-        raise DataError(f"cannot download CIFAR-100 from {CIFAR100.url} ({reason}); on a machine without "
-                        "internet, put cifar-100-python/ (train, test, meta) into data_dir first") from e
-    return dataset_dir(data_dir)
+        with urllib.request.urlopen(CIFAR100_URL, timeout=60) as response, open(archive, "wb") as f:
+            shutil.copyfileobj(response, f)
+    except OSError as e:  # no network (URLError is an OSError), a proxy refusing, a full disk
+        raise failed(getattr(e, "reason", None) or e) from e
+    if _md5(archive) != CIFAR100_ARCHIVE_MD5:
+        raise failed("the archive's md5 is not the official one")
+    root = dataset_dir(data_dir)
+    root.mkdir()
+    try:
+        with tarfile.open(archive) as tar:
+            for name in FILES:
+                with tar.extractfile(f"{FOLDER}/{name}") as src, open(root / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+    except (tarfile.TarError, KeyError, AttributeError) as e:  # AttributeError: a member that is no file
+        raise failed(f"unreadable archive: {e}") from e
+    archive.unlink()
+    bad = [name for name in FILES if _md5(root / name) != OFFICIAL_MD5[name]]
+    if bad:
+        raise failed(f"{', '.join(bad)}: md5 is not the official one")
+    return root
 
 
 def synthetic_dir(data_dir, settings: dict) -> Path:
@@ -341,18 +432,26 @@ def put_in_place(data_dir, write, log=print) -> Path:
     """
     data_dir = Path(data_dir)
     target = dataset_dir(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
     tmp = data_dir / f".incoming-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise DataError(f"cannot write a dataset into {data_dir}: {e.strerror or e}; make it writable, or "
+                        "set data_dir to a writable folder") from e
     try:
         write(tmp)
         check_complete(tmp)
         try:
             os.rename(dataset_dir(tmp), target)  # fails if another writer's folder is there now
+            log(f"wrote the dataset to {target}")
         except OSError:
             if not target.exists():
                 raise
-            log(f"{target} appeared while this copy was being written (another workflow?): using it")
+            log(f"{target} appeared while this copy was being written (another workflow?): using it, "
+                "this copy is discarded")
+    except OSError as e:  # a full disk or a folder made read-only meanwhile
+        raise DataError(f"cannot write a dataset into {data_dir}: {e.strerror or e}") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder only
     return target

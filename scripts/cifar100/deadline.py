@@ -11,6 +11,7 @@ in a plain job and in an array task alike. Snakemake retries the job, which resu
         engine.train(...)
 """
 
+import math
 import os
 import re
 import signal
@@ -81,6 +82,9 @@ def stop_before_end(margin_s: float | None, log, env=os.environ, run=_run, now=t
     Just before firing it asks Slurm again, so a limit raised meanwhile (scontrol update) moves
     the stop. Raises DeadlineError when the job is too short to leave any time before the margin.
     """
+    if margin_s is not None and not (math.isfinite(margin_s) and margin_s >= 0):
+        # nan compares false with everything: the stop would fire at once, before any checkpoint
+        raise DeadlineError(f"checkpoint margin {margin_s} s: must be a finite number >= 0 ({MARGIN_KEY})")
     job = env.get("SLURM_JOB_ID")
     end = job_end_time(env, run) if margin_s is not None and job else None
     if end is None:

@@ -1,13 +1,31 @@
-"""Which package modules a script imports, read from its source (for the Snakefile's code inputs).
+"""Which package modules a rule's results depend on (the Snakefile's code inputs).
 
-A rule lists these files as inputs, so editing one reruns exactly the jobs whose script uses it,
-directly or through another module; a new import needs no edit anywhere else.
+Two kinds of rules, two answers:
+- The rules that run the model on a GPU (train, evaluate, Grad-CAM) depend on ``MODEL_CODE``, a
+  declared list of the modules that decide the model's numbers. The same list is hashed into the
+  fingerprint that decides whether a finished ``last.pt`` may be reused (engine.arithmetic), so
+  the two can never disagree. Argument parsing, config loading, file writing and the like are not
+  in it: editing them queues no GPU job.
+- CPU rules depend on every package module their script imports, read from its source (directly
+  or through another module), so a new import needs no edit anywhere else.
 """
 
 import ast
 from pathlib import Path
 
 PACKAGE = "cifar100"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The modules whose source decides a model's weights (training) and outputs (logits): the model,
+# the batches it sees (order, augmentation, normalisation) and the loop. A new module that changes
+# what a model computes is added here, and nowhere else.
+MODEL_CODE = ("model.py", "pipeline.py", "engine.py")
+# Grad-CAM's maps also depend on how they are computed from the model.
+GRADCAM_CODE = (*MODEL_CODE, "cam.py")
+
+
+def model_code(names=MODEL_CODE, package_dir=PACKAGE_DIR) -> list[str]:
+    """The paths of ``names`` in the package, for a GPU rule's code inputs and the fingerprint."""
+    return [str(Path(package_dir) / n) for n in names]
 
 
 def _imported(path: Path, package_dir: Path) -> set[Path]:

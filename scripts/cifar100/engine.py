@@ -12,6 +12,8 @@ A ``last.pt`` marked complete rebuilds model.pt and history.csv in seconds, with
 """
 
 import contextlib
+import copy
+import hashlib
 import os
 import random
 import re
@@ -30,28 +32,37 @@ from torch import nn
 
 from . import checkpoint
 from .data import Dataset
+from .deps import model_code
 from .exceptions import CheckpointError, ConfigError, Diverged, OutputError, Preempted
 from .files import ensure_dir, read_json, remove_stale_temps, write_csv, write_json
-from .model import count_parameters, resnet18
-from .pipeline import DeviceSplit, eval_batches, num_batches, train_batches
+from .model import count_parameters, initialise, resnet18
+from .pipeline import Augment, DeviceSplit, eval_batches, generator, num_batches, train_batches
 from .provenance import device_name, provenance, source_digest
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
-                  "val_loss", "val_acc", "seconds", "images_per_s"]
+                  "val_loss", "val_acc", "seconds", "images_per_s",
+                  "ema_test_loss", "ema_test_acc", "ema_val_loss", "ema_val_acc"]
 CUDA_CHECK_EVERY = 50  # steps between NaN checks on CUDA (each check is a host-device sync)
 # Intra-op threads of a deterministic CPU run. The thread count splits every reduction (convolution,
 # batch norm), so weights depend on it: a fixed count makes them the same whatever the cores or
 # OMP_NUM_THREADS say. 1 runs on every machine without oversubscription; deterministic CPU runs
 # are for tests and debugging (a full run belongs on a GPU, where host threads do not touch the sums).
 DETERMINISTIC_CPU_THREADS = 1
-VARY = ("all", "init", "data", "none")  # which randomness the run seed drives (the rest uses seed 0)
+# Which randomness the run seed drives; data is order and augmentation together.
+VARIED = {"all": ("init", "order", "augment"), "init": ("init",), "data": ("order", "augment"),
+          "order": ("order",), "augment": ("augment",), "none": ()}
+VARY = tuple(VARIED)
+# The seed of a component a recipe does not vary: outside the config's seed range (0..2**32-1), so a
+# fixed component is never the stream of any varied seed (seeds reach 64-bit streams, pipeline.generator).
+FIXED_SEED = 2**32
 SELECTIONS = ("best_test", "last", "best_val")
 PRECISIONS = ("bf16", "fp32")
-# The modules whose source decides the weights: a finished last.pt is reused only with the same code.
-TRAINING_CODE = [Path(__file__).with_name(n) for n in ("engine.py", "pipeline.py", "model.py", "data.py")]
-# Free space a run needs, in model sizes: last.pt (weights, momentum, best weights) and its temp
-# copy while it is replaced, plus model.pt.
-CHECKPOINT_MODEL_SIZES = 7
+# The modules whose source decides the weights (deps.MODEL_CODE, also the GPU rules' code inputs):
+# a finished last.pt is reused only with the same code.
+TRAINING_CODE = model_code()
+# Free space a run needs, in model sizes: last.pt (weights, momentum, best weights, EMA weights)
+# and its temp copy while it is replaced, plus model.pt.
+CHECKPOINT_MODEL_SIZES = 9
 COMPILE_DETERMINISTIC = ("compile: true and deterministic: true cannot be combined: torch.compile's Inductor "
                          "autotunes kernel choices that change the numerics (and caches them on local disk), "
                          "so the run would not be bit-reproducible; set one of them to false")
@@ -79,19 +90,50 @@ class RunSpec:
         if self.compile and self.deterministic:
             raise ConfigError(COMPILE_DETERMINISTIC)
 
+    def _seed_of(self, part: str) -> int:
+        return self.seed if part in VARIED[self.recipe["vary"]] else FIXED_SEED
+
     @property
     def init_seed(self) -> int:
         """Seeds the model's initialisation."""
-        return self.seed if self.recipe["vary"] in ("all", "init") else 0
+        return self._seed_of("init")
 
     @property
-    def plan_seed(self) -> int:
-        """Seeds each epoch's order, crops and flips."""
-        return self.seed if self.recipe["vary"] in ("all", "data") else 0
+    def order_seed(self) -> int:
+        """Seeds each epoch's order."""
+        return self._seed_of("order")
 
-    def fingerprint(self, num_classes: int) -> dict:
-        """What a resume checkpoint must match to belong to this run: every setting, and the classes."""
-        return {**asdict(self), "num_classes": num_classes}
+    @property
+    def augment_seed(self) -> int:
+        """Seeds each epoch's augmentations: crops, flips, cutout, mixup and CutMix draws."""
+        return self._seed_of("augment")
+
+    def fingerprint(self, data: str, precision: str) -> dict:
+        """What a checkpoint must match to belong to this run: exactly what changes its arithmetic.
+
+        The recipe and seed; the data's content (``data_version``); the held-out size only where
+        a validation split is taken; the precision actually used (the CPU trains in fp32 whatever
+        the config says). Not the recipe's name, nor a setting the run does not use, so changing
+        those never retrains. The code is checked apart (``arithmetic``), where it can be explained.
+        """
+        return {"recipe": self.recipe, "seed": self.seed, "selection": self.selection,
+                "val_size": self.val_size if self.selection == "best_val" else None,
+                "deterministic": self.deterministic, "precision": precision, "compile": self.compile,
+                "data": data}
+
+
+def data_version(ds: Dataset) -> str:
+    """A digest of everything a model learns from and is tested on: the images, labels and class
+    names of both splits as loaded (so it follows the content, whatever the files or folder are
+    called). Recorded in last.pt and model.pt; evaluation refuses a model of other data."""
+    h = hashlib.sha256()
+    for split in (ds.train, ds.test):
+        for array in (split.images, split.labels):
+            a = np.ascontiguousarray(array)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(memoryview(a).cast("B"))
+    h.update("\n".join(ds.fine_names).encode())
+    return "sha256-" + h.hexdigest()[:24]
 
 
 def arithmetic(device: torch.device, precision: str) -> dict:
@@ -210,19 +252,63 @@ def make_optimizer(model: nn.Module, r: dict, device: torch.device) -> torch.opt
                            weight_decay=r["weight_decay"], nesterov=r["nesterov"], **optimizer_impl(device))
 
 
-def make_scheduler(opt, r: dict, steps_per_epoch: int):
-    """Returns (scheduler, steps_per_call): step/cosine/constant step per epoch, onecycle per batch."""
-    kind = r["schedule"]
+class Schedule:
+    """The learning rate of every step: the recipe's torch scheduler (stepped at each epoch's end,
+    or after every step for onecycle) times a linear warm-up, (t + 1) / W at step t < W =
+    warmup_epochs * steps_per_epoch. Stepped after every training step. The torch scheduler
+    always sees its own rate, so without warm-up the rates are exactly its own."""
+
+    def __init__(self, opt, main, per_step: bool, steps_per_epoch: int, warmup_steps: int):
+        self.opt, self.main, self.per_step = opt, main, per_step
+        self.steps_per_epoch, self.warmup_steps, self.t = steps_per_epoch, warmup_steps, 0
+        self._apply([g["lr"] for g in opt.param_groups])
+
+    def warmup_factor(self) -> float:
+        return min(1.0, (self.t + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+
+    def _apply(self, main_lrs) -> None:
+        self.main_lrs, factor = list(main_lrs), self.warmup_factor()
+        for group, lr in zip(self.opt.param_groups, self.main_lrs):
+            group["lr"] = lr * factor
+
+    def step(self) -> None:
+        for group, lr in zip(self.opt.param_groups, self.main_lrs):
+            group["lr"] = lr  # the torch scheduler continues from its own rate
+        self.t += 1
+        if self.per_step or self.t % self.steps_per_epoch == 0:
+            self.main.step()
+        self._apply([g["lr"] for g in self.opt.param_groups])
+
+    def state_dict(self) -> dict:
+        return {"main": self.main.state_dict(), "t": self.t, "main_lrs": self.main_lrs}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not {"main", "t", "main_lrs"} <= set(state):
+            raise CheckpointError("the resume checkpoint's scheduler state is of an older version of the "
+                                  "training code: delete last.pt to train this run from scratch")
+        self.main.load_state_dict(state["main"])
+        self.t = state["t"]
+        self._apply(state["main_lrs"])
+
+
+def make_scheduler(opt, r: dict, steps_per_epoch: int) -> Schedule:
+    """The recipe's schedule: step, multistep, cosine and constant change the rate per epoch,
+    onecycle per step; any of them after ``warmup_epochs`` of linear warm-up."""
+    kind, per_step = r["schedule"], False
     if kind == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, r["step_size"], r["gamma"]), False
-    if kind == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=r["epochs"]), False
-    if kind == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=r["lr"], total_steps=r["epochs"] * steps_per_epoch), True
-    if kind == "constant":
-        return torch.optim.lr_scheduler.StepLR(opt, 1, 1.0), False
-    raise ValueError(f"unknown schedule {kind!r}")
+        main = torch.optim.lr_scheduler.StepLR(opt, r["step_size"], r["gamma"])
+    elif kind == "multistep":
+        main = torch.optim.lr_scheduler.MultiStepLR(opt, r["milestones"], r["gamma"])
+    elif kind == "cosine":
+        main = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=r["epochs"])
+    elif kind == "onecycle":
+        main = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r["lr"], total_steps=r["epochs"] * steps_per_epoch)
+        per_step = True
+    elif kind == "constant":
+        main = torch.optim.lr_scheduler.StepLR(opt, 1, 1.0)
+    else:
+        raise ValueError(f"unknown schedule {kind!r}")
+    return Schedule(opt, main, per_step, steps_per_epoch, r.get("warmup_epochs", 0) * steps_per_epoch)
 
 
 def val_split_indices(labels: np.ndarray, val_size: int, seed: int = 0):
@@ -241,7 +327,10 @@ def val_split_indices(labels: np.ndarray, val_size: int, seed: int = 0):
 class StopFlag:
     """SIGTERM / SIGUSR1 set a flag; the loop checkpoints after the current step and exits.
 
-    A context manager, so the previous handlers come back when training ends.
+    A context manager, so the previous handlers come back when training ends, except the
+    default (die) after a run that finished: its model.pt is complete, and a SIGTERM in the
+    second the process takes to exit would make it end with 143, so that Snakemake or Slurm
+    retried a finished job. From then on the signal is noted and the process exits 0.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -251,13 +340,19 @@ class StopFlag:
         self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         for s, handler in self.previous.items():
-            signal.signal(s, handler)
+            finished = exc_type is None and handler == signal.SIG_DFL
+            signal.signal(s, _after_finish if finished else handler)
 
     def _handle(self, signum, frame):
         self.signum = signum
         print(f"received signal {signum}: checkpointing after this step", file=sys.stderr, flush=True)
+
+
+def _after_finish(signum, frame):
+    print(f"received signal {signum} after training finished (its outputs are complete): exiting normally",
+          file=sys.stderr, flush=True)
 
 
 class Progress:
@@ -288,9 +383,10 @@ class EpochStats:
         self.count = count
 
     def add(self, step: int, loss, out, y) -> None:
+        """``y``: labels, or the soft targets of a mixed batch (correct: the target's largest share)."""
         loss = loss.detach()
         self.loss_sum += loss.double() * len(y)
-        self.correct += (out.argmax(1) == y).sum()
+        self.correct += (out.argmax(1) == (y if y.ndim == 1 else y.argmax(1))).sum()
         self.count += len(y)
         self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss), step + 1, self.first_bad)
 
@@ -308,6 +404,32 @@ def train_step(net, opt, criterion, amp, x, y, step: int, stats: EpochStats):
     opt.step()
     stats.add(step, loss, out, y)
     return loss
+
+
+class EMA:
+    """An exponential moving average of the weights and batch-norm statistics (as timm's
+    ModelEmaV2, airbench): after every step, ema = decay * ema + (1 - decay) * model; integer
+    buffers (batch counts) are copied. A model of its own, evaluated each epoch beside the trained one."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+        self._float = [(e, m) for e, m in pairs if e.is_floating_point()]
+        self._other = [(e, m) for e, m in pairs if not e.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        ema, now = zip(*self._float)
+        torch._foreach_lerp_(list(ema), list(now), 1.0 - self.decay)  # one fused kernel per dtype/device
+        for e, m in self._other:
+            e.copy_(m)
+
+    def state_dict(self) -> dict:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state)
 
 
 def check_finite(stats: EpochStats, epoch: int, step: int, steps: int, cuda: bool, where, force=False) -> None:
@@ -343,14 +465,18 @@ def evaluate(model, split: DeviceSplit, amp, channels_last=False, batch_size=Non
 
 
 @torch.no_grad()
-def predict(model, split: DeviceSplit, amp, channels_last=False, batch_size=None) -> torch.Tensor:
-    """Logits (float32, CPU) for every image of ``split``, in order."""
+def predict(model, split: DeviceSplit, amp, channels_last=False, batch_size=None, flip=False) -> torch.Tensor:
+    """Logits (float32, CPU) for every image of ``split``, in order. ``flip``: flip test-time
+    augmentation, the mean of the logits of each image and of its mirror image."""
     batch_size = batch_size or eval_batch_size(split.device)
     model.eval()
     outs = []
     for x, _ in eval_batches(split, batch_size, channels_last=channels_last):
         with amp():
-            outs.append(model(x).float())
+            out = model(x).float()
+            if flip:
+                out = (out + model(x.flip(3)).float()) / 2
+        outs.append(out)
     return torch.cat(outs).cpu()
 
 
@@ -373,12 +499,13 @@ class ResumeState:
     optimizer: dict
     scheduler: dict
     rng: dict
+    ema: dict | None  # the weights' moving average now (recipes with ema_decay)
 
     @classmethod
     def fresh(cls, fingerprint: dict, arithmetic: dict, provenance: dict) -> "ResumeState":
         return cls(fingerprint, arithmetic, provenance, history=[], epoch=1, step=0, epoch_so_far=None,
                    best={"score": -1.0, "epoch": 0, "metrics": {}, "state_dict": None}, complete=False,
-                   state_dict={}, optimizer={}, scheduler={}, rng={})
+                   state_dict={}, optimizer={}, scheduler={}, rng={}, ema=None)
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}  # no deep copy of the weights
@@ -445,9 +572,8 @@ def find_resume(path: Path, fingerprint: dict, now: dict, deterministic: bool, l
         if raw.get("fingerprint") != fingerprint:
             old = raw.get("fingerprint") if isinstance(raw.get("fingerprint"), dict) else {}
             differ = ", ".join(k for k in fingerprint if old.get(k) != fingerprint[k])
-            log(f"ignoring resume checkpoint {path}: made for recipe {old.get('recipe_name')!r} seed "
-                f"{old.get('seed')} with other settings ({differ}); this run is recipe "
-                f"{fingerprint['recipe_name']!r} seed {fingerprint['seed']}")
+            log(f"ignoring resume checkpoint {path}: made by another run (it differs in: {differ}); "
+                "training this one from scratch")
             return None
         state = ResumeState.from_dict(raw, path)
     except CheckpointError as e:  # torn, foreign or incomplete: keep it for inspection, start over
@@ -469,24 +595,65 @@ def find_resume(path: Path, fingerprint: dict, now: dict, deterministic: bool, l
     return state
 
 
+def find_finished_model(path: Path, fingerprint: dict, now: dict) -> dict | None:
+    """model.pt, if it already holds this very run, finished (same fingerprint, same training
+    code): what to keep when last.pt is gone. The train rule marks model.pt update(), so Snakemake
+    leaves it in place for this check (and puts it back if the job fails)."""
+    if not path.is_file():
+        return None
+    try:
+        raw = checkpoint.load(path)
+    except CheckpointError:
+        return None  # not ours to judge or move: it is replaced only when training succeeds
+    same = raw.get("fingerprint") == fingerprint and isinstance(raw.get("history"), list)
+    code = raw.get("arithmetic") if isinstance(raw.get("arithmetic"), dict) else {}
+    same_code = code.get("training_code") == now["training_code"]
+    return raw if same and same_code and isinstance(raw.get("state_dict"), dict) else None
+
+
 DIVERGED = "diverged.json"
+DIVERGED_FORMAT = "cifar100-resnet18/diverged/1"  # marks a record this project wrote
+
+
+def divergence_record(fingerprint: dict, message: str) -> dict:
+    return {"format": DIVERGED_FORMAT, "fingerprint": fingerprint, "message": message}
+
+
+def _is_divergence_record(record) -> bool:
+    """Written by divergence_record, or by earlier versions (exactly fingerprint and message)."""
+    if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), dict):
+        return False
+    keys = set(record)
+    return (record.get("format") == DIVERGED_FORMAT and keys == {"format", "fingerprint", "message"}) or (
+        keys == {"fingerprint", "message"} and {"recipe_name", "seed"} <= set(record["fingerprint"]))
 
 
 def refuse_if_diverged(path: Path, fingerprint: dict, log) -> None:
-    """Fail at once if this very run (same recipe, seed, ...) diverged before; forget other runs'."""
-    if not path.exists():
+    """Fail at once if this very run (same recipe, seed, ...) diverged before; forget other runs'
+    records. Only a record this project wrote is ever deleted: any other file of that name (a
+    user's, a folder, random bytes) is moved aside, whole."""
+    if not (path.exists() or path.is_symlink()):
         return
     try:
-        record = read_json(path)
-        same, message = record["fingerprint"] == fingerprint, str(record["message"])
-    except (OutputError, KeyError, TypeError) as e:
+        record = read_json(path) if path.is_file() else None
+    except OutputError:
+        record = None
+    if not _is_divergence_record(record):
         aside = set_aside(path)
-        log(f"ignoring {path} (moved to {aside.name}): not a divergence record ({e})")
+        log(f"ignoring {path} (moved to {aside.name}): not a divergence record of this project")
         return
-    if same:
-        raise Diverged(f"{message} (in an earlier attempt, recorded in {path}; change the recipe "
+    if record["fingerprint"] == fingerprint:
+        raise Diverged(f"{record['message']} (in an earlier attempt, recorded in {path}; change the recipe "
                        "or delete that file to try again)")
-    path.unlink()
+    path.unlink()  # this project's record of other settings: they no longer apply here
+
+
+def check_replaceable(*paths: Path) -> None:
+    """Each output either absent or a file that a finished run may replace: never a folder (a
+    rename over it fails after hours of training) and nothing is deleted here."""
+    for path in paths:
+        if path.is_dir():
+            raise OutputError(f"{path}: a folder where this run writes a file; move it away (nothing was changed)")
 
 
 def check_out_dir(out_dir: Path, num_classes: int, width: int) -> None:
@@ -516,36 +683,45 @@ class Parts:
     model: nn.Module
     net: nn.Module  # the model, compiled or not
     opt: torch.optim.Optimizer
-    sched: object
-    sched_per_step: bool
-    criterion: nn.Module
+    sched: Schedule
+    criterion: nn.Module  # cross-entropy with label smoothing; takes labels or soft targets
     amp: object
     train: DeviceSplit
     test: DeviceSplit
     val: DeviceSplit | None
     steps: int  # per epoch
     channels_last: bool
+    augment: Augment  # beyond crop and flip
+    ema: EMA | None  # the weights' moving average, if the recipe keeps one
+
+    def selected_model(self, spec: RunSpec) -> nn.Module:
+        """The model a recipe's model.pt holds: the trained one, or its moving average (ema_model)."""
+        return self.ema.model if spec.recipe.get("ema_model") else self.model
 
 
 def build(ds: Dataset, spec: RunSpec, device: torch.device, precision: str) -> Parts:
     r = spec.recipe
-    seed_everything(spec.init_seed)
+    init = generator("init", spec.init_seed)
+    # The process-wide generators drive nothing in training (initialisation and epoch plans have
+    # their own streams); seeded from the init stream for any library code that draws.
+    seed_everything(int(init.integers(2**32)))
     train_idx, val_idx = np.arange(len(ds.train)), None
     if spec.selection == "best_val":
         train_idx, val_idx = val_split_indices(ds.train.labels, spec.val_size)
     train = DeviceSplit(ds.train.images[train_idx], ds.train.labels[train_idx], device)
     val = None if val_idx is None else DeviceSplit(ds.train.images[val_idx], ds.train.labels[val_idx], device)
     channels_last = device.type == "cuda"
-    model = resnet18(ds.num_classes, r["width"]).to(device)
+    model = initialise(resnet18(ds.num_classes, r["width"]), init).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     steps = num_batches(len(train), r["batch_size"])
     opt = make_optimizer(model, r, device)
-    sched, per_step = make_scheduler(opt, r, steps)
+    sched = make_scheduler(opt, r, steps)
     net = compile_model(model, device) if spec.compile else model
-    return Parts(model, net, opt, sched, per_step, nn.CrossEntropyLoss(label_smoothing=r["label_smoothing"]),
+    ema = EMA(model, r["ema_decay"]) if r.get("ema_decay") else None
+    return Parts(model, net, opt, sched, nn.CrossEntropyLoss(label_smoothing=r["label_smoothing"]),
                  autocast_for(device, precision), train, DeviceSplit(ds.test.images, ds.test.labels, device),
-                 val, steps, channels_last)
+                 val, steps, channels_last, Augment.from_recipe(r, ds.num_classes), ema)
 
 
 def restore(p: Parts, state: ResumeState, device: torch.device) -> None:
@@ -554,6 +730,8 @@ def restore(p: Parts, state: ResumeState, device: torch.device) -> None:
     for group in p.opt.param_groups:  # the saving attempt may have run on another device
         group.update(optimizer_impl(device))
     p.sched.load_state_dict(state.scheduler)
+    if p.ema is not None:
+        p.ema.load_state_dict(state.ema)
     set_rng_state(state.rng)
 
 
@@ -566,11 +744,13 @@ def train_epoch(p: Parts, spec: RunSpec, epoch: int, state: ResumeState, stop: S
     stats = EpochStats(p.train.device, so_far["loss_sum"], so_far["correct"], so_far["count"])
     t0, bar, stopped_at = time.perf_counter(), Progress(p.steps), None
     p.model.train()
-    for step, x, y in train_batches(p.train, spec.recipe["batch_size"], spec.plan_seed, epoch, state.step,
-                                    channels_last=p.channels_last):
+    for step, x, y in train_batches(p.train, spec.recipe["batch_size"], spec.order_seed, epoch, state.step,
+                                    channels_last=p.channels_last, augment_seed=spec.augment_seed,
+                                    augment=p.augment):
         train_step(p.net, p.opt, p.criterion, p.amp, x, y, step, stats)
-        if p.sched_per_step:
-            p.sched.step()
+        p.sched.step()
+        if p.ema is not None:
+            p.ema.update()
         check_finite(stats, epoch, step, p.steps, cuda, where)
         bar.update(step + 1, epoch)
         if stop.signum:
@@ -578,22 +758,49 @@ def train_epoch(p: Parts, spec: RunSpec, epoch: int, state: ResumeState, stop: S
             stopped_at = step + 1
             break
     bar.close()
-    if stopped_at is None and not p.sched_per_step:
-        p.sched.step()
     return {**stats.read(), "lr": so_far["lr"], "seconds": so_far["seconds"] + time.perf_counter() - t0}, stopped_at
 
 
 def epoch_row(p: Parts, epoch: int, totals: dict) -> dict:
-    """The epoch's history row: training totals, test (and validation) loss and accuracy."""
+    """The epoch's history row: training totals, test (and validation) loss and accuracy, and
+    the same of the weights' moving average where the recipe keeps one."""
     test_loss, test_acc = evaluate(p.net, p.test, p.amp, channels_last=p.channels_last)
     count, seconds = totals["count"], totals["seconds"]
     row = {"epoch": epoch, "lr": totals["lr"], "train_loss": totals["loss_sum"] / count,
            "train_acc": totals["correct"] / count, "test_loss": test_loss, "test_acc": test_acc,
            "val_loss": "", "val_acc": "", "seconds": round(seconds, 3),
-           "images_per_s": round(count / max(seconds, 1e-9), 1)}
+           "images_per_s": round(count / max(seconds, 1e-9), 1),
+           "ema_test_loss": "", "ema_test_acc": "", "ema_val_loss": "", "ema_val_acc": ""}
     if p.val is not None:
         row["val_loss"], row["val_acc"] = evaluate(p.net, p.val, p.amp, channels_last=p.channels_last)
+    if p.ema is not None:
+        row["ema_test_loss"], row["ema_test_acc"] = evaluate(p.ema.model, p.test, p.amp, p.channels_last)
+        if p.val is not None:
+            row["ema_val_loss"], row["ema_val_acc"] = evaluate(p.ema.model, p.val, p.amp, p.channels_last)
     return row
+
+
+def selected_column(recipe: dict, split: str = "test") -> str:
+    """History column of the accuracy of the model a recipe selects: its own, or its EMA's."""
+    return f"{'ema_' if recipe.get('ema_model') else ''}{split}_acc"
+
+
+def selection_score(spec: RunSpec, row: dict) -> float:
+    """What model selection maximises, from an epoch's history row."""
+    if spec.selection == "last":
+        return row["epoch"]
+    return row[selected_column(spec.recipe, "val" if spec.selection == "best_val" else "test")]
+
+
+# The mixup benchmarks' honest figure (openmixup: the median of the last 10 epochs), as a mean.
+LAST_EPOCHS = 10
+
+
+def last_epochs_accuracy(history: list, recipe: dict, n: int = LAST_EPOCHS) -> float:
+    """Mean test accuracy of the selected model over the last ``n`` epochs (all, if fewer): no
+    epoch is picked by its test score, unlike best_test."""
+    values = [float(row[selected_column(recipe)]) for row in history[-n:]]
+    return sum(values) / len(values)
 
 
 def run_meta(ds: Dataset, spec: RunSpec, epoch: int, prov: dict) -> dict:
@@ -607,11 +814,15 @@ def run_meta(ds: Dataset, spec: RunSpec, epoch: int, prov: dict) -> dict:
 
 def write_outputs(model_path: Path, history_path: Path, ds: Dataset, spec: RunSpec, state: ResumeState,
                   log) -> dict:
-    """history.csv and model.pt (the selected epoch) from a complete state."""
+    """history.csv and model.pt (the selected epoch) from a complete state. model.pt also carries
+    the run's fingerprint (its data included), arithmetic and history: evaluation checks the data,
+    and the finished run can be recognised from model.pt alone."""
     best = state.best
     write_csv(history_path, state.history, HISTORY_FIELDS)
     checkpoint.save(model_path, {**run_meta(ds, spec, best["epoch"], state.provenance),
-                                           "state_dict": best["state_dict"], "metrics": best["metrics"]})
+                                 "fingerprint": state.fingerprint, "arithmetic": state.arithmetic,
+                                 "history": state.history, "state_dict": best["state_dict"],
+                                 "metrics": best["metrics"]})
     log(f"selected epoch {best['epoch']} by {spec.selection}: test acc {best['metrics']['test_acc']:.4f}")
     return best["metrics"]
 
@@ -623,16 +834,24 @@ def train(ds: Dataset, spec: RunSpec, out_dir, device=None, log=print, *, model_
     out_dir, device, epochs = Path(out_dir), pick_device(device), spec.recipe["epochs"]
     model_path = Path(model_path or out_dir / "model.pt")
     history_path = Path(history_path or out_dir / "history.csv")
-    last_path, fingerprint = out_dir / "last.pt", spec.fingerprint(ds.num_classes)
+    last_path = out_dir / "last.pt"
     check_out_dir(out_dir, ds.num_classes, spec.recipe["width"])
+    check_replaceable(model_path, history_path, last_path)  # a folder there would fail only after training
     remove_stale_temps(out_dir)  # of an attempt killed while saving (SIGKILL, node failure)
-    refuse_if_diverged(out_dir / DIVERGED, fingerprint, log)
     with numerics(spec, device, log) as precision, StopFlag() as stop:
-        now = arithmetic(device, precision)
+        fingerprint, now = spec.fingerprint(data_version(ds), precision), arithmetic(device, precision)
+        refuse_if_diverged(out_dir / DIVERGED, fingerprint, log)
         state = find_resume(last_path, fingerprint, now, spec.deterministic, log)
         if state is not None and state.complete:
             log(f"{last_path} holds this run, finished: rebuilding model.pt and history.csv from it, no training")
             return write_outputs(model_path, history_path, ds, spec, state, log)
+        kept = find_finished_model(model_path, fingerprint, now) if state is None else None
+        if kept is not None:
+            log(f"{model_path} holds this run, finished ({last_path.name} is gone): kept, history.csv "
+                "rebuilt from it, no training")
+            write_csv(history_path, kept["history"], HISTORY_FIELDS)
+            checkpoint.save(model_path, kept)  # rewritten as it was: Snakemake sees the job's output
+            return kept["metrics"]
         p = build(ds, spec, device, precision)
         if state is None:
             state = ResumeState.fresh(fingerprint, now, provenance(device))
@@ -644,6 +863,7 @@ def train(ds: Dataset, spec: RunSpec, out_dir, device=None, log=print, *, model_
         def save() -> None:
             state.state_dict, state.optimizer = p.model.state_dict(), p.opt.state_dict()
             state.scheduler, state.rng = p.sched.state_dict(), rng_state()
+            state.ema = None if p.ema is None else p.ema.state_dict()
             epoch_done = state.epoch - 1 if state.step == 0 else state.epoch
             checkpoint.save(last_path, {**run_meta(ds, spec, epoch_done, state.provenance), **state.to_dict()})
 
@@ -656,10 +876,11 @@ def train(ds: Dataset, spec: RunSpec, out_dir, device=None, log=print, *, model_
                     raise Preempted(stop.signum)
                 row = epoch_row(p, epoch, totals)
                 state.history.append(row)
-                score = {"best_test": row["test_acc"], "best_val": row["val_acc"], "last": epoch}[spec.selection]
+                score = selection_score(spec, row)
                 if score > state.best["score"]:
+                    weights = p.selected_model(spec).state_dict()
                     state.best = {"score": score, "epoch": epoch, "metrics": dict(row), "state_dict":
-                                  {k: v.detach().to("cpu", copy=True) for k, v in p.model.state_dict().items()}}
+                                  {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}}
                 state.epoch, state.step, state.epoch_so_far, state.complete = epoch + 1, 0, None, epoch == epochs
                 save()
                 write_csv(history_path, state.history, HISTORY_FIELDS)
@@ -669,7 +890,7 @@ def train(ds: Dataset, spec: RunSpec, out_dir, device=None, log=print, *, model_
                 if stop.signum and not state.complete:
                     raise Preempted(stop.signum)
         except Diverged as e:  # remembered, so that Snakemake's retries do not diverge again and again
-            write_json(out_dir / DIVERGED, {"fingerprint": fingerprint, "message": str(e)})
+            write_json(out_dir / DIVERGED, divergence_record(fingerprint, str(e)))
             raise
         if not state.complete:  # resumed after its last epoch was saved, before it was marked complete
             state.complete = True

@@ -5,6 +5,10 @@ At width 64 and 100 classes it has exactly 11,220,132 parameters; ``width`` scal
 channel count (16 gives a model small enough for CPU tests).
 """
 
+import math
+
+import numpy as np
+import torch
 from torch import nn
 import torch.nn.functional as F
 
@@ -52,6 +56,22 @@ class ResNet18(nn.Module):
 
 def resnet18(num_classes: int = 100, width: int = 64) -> ResNet18:
     return ResNet18(num_classes=num_classes, width=width)
+
+
+@torch.no_grad()
+def initialise(model: nn.Module, rng: np.random.Generator) -> nn.Module:
+    """Draw every weight again from ``rng``, with PyTorch's default distributions: convolution and
+    linear weights and linear biases uniform on +-1/sqrt(fan_in) (kaiming_uniform with a = sqrt(5));
+    batch norm keeps scale 1 and shift 0. The run's own init stream (pipeline.generator), not
+    torch's global generator: that one keeps only 32 bits of its seed, too few to keep a fixed
+    initialisation apart from every varied one."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            bound = 1.0 / math.sqrt(m.weight[0].numel())
+            for t in (m.weight, m.bias):
+                if t is not None:
+                    t.copy_(torch.from_numpy(rng.uniform(-bound, bound, tuple(t.shape)).astype(np.float32)))
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -5,6 +5,8 @@ Only analysis scripts import this module: training code never does, so a plot ed
 forces a retrain.
 """
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")  # headless: cluster nodes and CI have no display
@@ -12,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from .exceptions import OutputError  # noqa: E402
 from .files import atomic_path  # noqa: E402
 
 matplotlib.rcParams.update({
@@ -26,7 +29,12 @@ matplotlib.rcParams.update({
 
 def save(fig, path, dpi: int = 120) -> None:
     """Write ``fig`` to ``path`` (format from the suffix: png, svg, pdf) via a temp file, then close it."""
-    fmt = str(path).rsplit(".", 1)[-1].lower()
+    fmt = Path(path).suffix[1:].lower()
+    formats = fig.canvas.get_supported_filetypes()
+    if fmt not in formats:
+        plt.close(fig)
+        raise OutputError(f"{path}: cannot write a figure as {'.' + fmt if fmt else 'a file without a suffix'}: "
+                          f"use one of {', '.join('.' + f for f in sorted(formats))}")
     # No creation date in vector files, so an unchanged figure is an unchanged file.
     metadata = {"Date": None} if fmt in ("svg", "pdf") else None
     with atomic_path(path) as tmp:

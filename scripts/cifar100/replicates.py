@@ -1,16 +1,14 @@
 """Replicates: one recipe trained with several seeds, summarised as mean, spread and a t interval.
 
 The interval for the mean of n seeds is mean +- t_{n-1, (1+level)/2} * std / sqrt(n), with the
-sample standard deviation (ddof=1), truncated to the range the metric can take (RANGE: [0, 1] for
-all four). Truncation keeps the coverage of the t interval (the true mean lies in the range, so it
-is inside the truncated interval exactly when it is inside the untruncated one) and stops two
-seeds from claiming a top-1 of 1.68; ``ci95_halfwidth`` stays the untruncated t half-width. One
-seed gives a mean but no spread and no interval: those fields are left empty (NaN in memory, ""
+sample standard deviation (ddof=1), cut to the range the metric can take ([0, 1] for all four), as
+``intervals`` states for every bounded quantity; ``ci95_halfwidth`` stays the uncut t half-width.
+One seed gives a mean but no spread and no interval: those fields are left empty (NaN in memory, ""
 in CSV) and a note says so.
 
-Readers for the per-seed files (summary.json, history.csv, per_class_accuracy.csv) and for
-seeds_summary.csv live here too, so both aggregate.py and compare.py validate input the same way.
-Pure numpy/scipy: runs in the analysis env, which has no PyTorch.
+Readers for the per-seed files (summary.json, history.csv, per_class_accuracy.csv) and for the
+per-recipe tables (seeds_summary.csv, churn.csv, ensemble.csv) live here too, so every script
+validates input the same way. Pure numpy/scipy: runs in the analysis env, which has no PyTorch.
 """
 
 import csv
@@ -19,46 +17,19 @@ import math
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from .exceptions import DataError
+from .intervals import LEVEL, UNIT, t_interval  # noqa: F401  (t_interval: the one used for a mean over seeds)
+from .intervals import method as interval_method
 
 METRICS = ("top1", "top5", "macro_f1", "ece")
-LEVEL = 0.95
-RANGE = {m: (0.0, 1.0) for m in METRICS}  # every metric is a share (ECE too): its interval stays inside
+RANGE = {m: UNIT for m in METRICS}  # every metric is a share (ECE too): its interval stays inside
 ONE_SEED_NOTE = "one seed: no standard deviation or confidence interval can be given"
 STAT_ROWS = ("mean", "std", "ci95_low", "ci95_high", "ci95_halfwidth")
-# best_test selection's optimism: the selected (best) epoch's test accuracy minus the last epoch's.
-OPTIMISM = "best_minus_last_test_acc"
-SUMMARY_FIELDS = ["row", "recipe", "seed", "n_seeds", *METRICS, OPTIMISM, "note"]
-
-
-def t_interval(values, level: float = LEVEL, bounds: tuple[float, float] | None = None) -> dict:
-    """n, mean, sample std and the t interval of the mean of ``values`` (NaN where undefined).
-
-    With ``bounds`` (lowest, highest value the metric can take) ``low``/``high`` are truncated to
-    them and ``truncated`` says whether that changed either; ``half`` is always the t half-width.
-    """
-    x = np.asarray(values, dtype=float)
-    n = len(x)
-    if n == 0:
-        raise ValueError("no values")
-    mean = float(x.mean())
-    if n < 2:
-        return {"n": 1, "mean": mean, "std": math.nan, "low": math.nan, "high": math.nan, "half": math.nan,
-                "truncated": False}
-    std = float(x.std(ddof=1))
-    half = float(stats.t.ppf((1 + level) / 2, df=n - 1) * std / math.sqrt(n))
-    low, high = mean - half, mean + half
-    if bounds is not None:
-        low, high = max(low, bounds[0]), min(high, bounds[1])
-    return {"n": n, "mean": mean, "std": std, "low": low, "high": high, "half": half,
-            "truncated": (low, high) != (mean - half, mean + half)}
-
-
-def interval_method(level: float = LEVEL) -> str:
-    """How the intervals are made, in words, for notes, captions and figure titles."""
-    return f"{round(100 * level)}% t interval truncated to [0, 1]"
+SUMMARY_FIELDS = ["row", "recipe", "seed", "n_seeds", *METRICS, "note"]
+# recipes_summary.csv's columns from each recipe's churn.csv ("mean" row) and ensemble.csv.
+AGREEMENT_FIELDS = ["churn_mean", "churn_ci95_low", "churn_ci95_high", "churn_n_pairs", "ensemble_top1_gain",
+                    "ensemble_top1_gain_ci95_low", "ensemble_top1_gain_ci95_high", "ensemble_n_images"]
 
 
 def interval_note(n: int, truncated: list[str], level: float = LEVEL) -> str:
@@ -72,10 +43,17 @@ def interval_note(n: int, truncated: list[str], level: float = LEVEL) -> str:
 
 
 def _cell(v) -> str | float:
-    """CSV cell: NaN and None become empty, floats stay floats."""
+    """CSV cell: NaN and None become empty, numpy scalars plain numbers, floats stay floats."""
+    if isinstance(v, np.generic):
+        v = v.item()
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     return v
+
+
+def cells(row: dict) -> dict:
+    """A row for CSV: NaN becomes an empty cell (as in seeds_summary.csv), numpy scalars plain numbers."""
+    return {k: _cell(v) for k, v in row.items()}
 
 
 # --- reading per-seed files ---------------------------------------------------------------------
@@ -115,7 +93,7 @@ def read_summary(path) -> dict:
             "selection": obj.get("selection")}
 
 
-def _read_csv(path, required) -> list[dict]:
+def _read_csv(path, required, allow_empty: bool = False) -> list[dict]:
     path = Path(path)
     try:
         with open(path, newline="") as f:
@@ -129,7 +107,7 @@ def _read_csv(path, required) -> list[dict]:
     missing = [c for c in required if c not in fields]
     if missing:
         raise DataError(f"{path}: missing column {missing[0]!r} (columns: {', '.join(fields) or 'none'})")
-    if not rows:
+    if not rows and not allow_empty:
         raise DataError(f"{path}: no rows")
     return rows
 
@@ -177,17 +155,13 @@ def selection_optimism(test_acc) -> float:
     return float(np.max(test_acc) - test_acc[-1])
 
 
-def seeds_summary(summaries: list[dict], level: float = LEVEL, optimism: dict | None = None) -> list[dict]:
-    """Rows of seeds_summary.csv: one per seed (by seed), then mean, std and the interval.
-    ``optimism`` ({seed: best minus last test accuracy}) fills the OPTIMISM column."""
+def seeds_summary(summaries: list[dict], level: float = LEVEL) -> list[dict]:
+    """Rows of seeds_summary.csv: one per seed (by seed), then mean, std and the interval."""
     recipe = check_replicates(summaries, [f"seed {s['seed']}" for s in summaries])
     seeds = sorted(summaries, key=lambda s: s["seed"])
-    optimism = optimism or {}
     rows = [{"row": "seed", "recipe": recipe, "seed": s["seed"], "n_seeds": "",
-             **{m: s[m] for m in METRICS}, OPTIMISM: optimism.get(s["seed"], ""), "note": ""} for s in seeds]
+             **{m: s[m] for m in METRICS}, "note": ""} for s in seeds]
     ti = {m: t_interval([s[m] for s in seeds], level, RANGE[m]) for m in METRICS}
-    if optimism:
-        ti[OPTIMISM] = t_interval([optimism[s["seed"]] for s in seeds], level, (0.0, 1.0))
     note = interval_note(len(seeds), [m for m in METRICS if ti[m]["truncated"]], level)
     for name, key in zip(STAT_ROWS, ("mean", "std", "low", "high", "half")):
         rows.append({"row": name, "recipe": recipe, "seed": "", "n_seeds": len(seeds),
@@ -251,23 +225,92 @@ def read_seeds_summary(path) -> dict:
             "note": stat["mean"].get("note") or ""}
 
 
-def recipes_table(recipes: list[dict]) -> list[dict]:
-    """One row per recipe: n seeds, then mean, std and interval of every metric."""
+def _optional(row: dict, key: str, path) -> float:
+    v = row.get(key, "")
+    return math.nan if v in ("", None) else _number(v, path, key)
+
+
+def read_agreement(churn_path, ensemble_path) -> dict:
+    """One recipe's mean churn (churn.csv's "mean" row; NaN with one seed, which has no pair) and
+    ensemble top-1 gain (ensemble.csv), with their intervals and n, as recipes_summary.csv's columns."""
+    churn = _read_csv(churn_path, ["row", "churn", "churn_ci95_low", "churn_ci95_high", "n_pairs"], allow_empty=True)
+    (ens,) = _read_csv(ensemble_path, ["top1_gain", "top1_gain_ci95_low", "top1_gain_ci95_high", "n_images"])[:1]
+    mean = next((r for r in churn if r["row"] == "mean"), {})
+    return {"recipe": ens.get("recipe", ""), "churn_mean": _optional(mean, "churn", churn_path),
+            "churn_ci95_low": _optional(mean, "churn_ci95_low", churn_path),
+            "churn_ci95_high": _optional(mean, "churn_ci95_high", churn_path),
+            "churn_n_pairs": int(_optional(mean, "n_pairs", churn_path)) if mean else 0,
+            "ensemble_top1_gain": _number(ens["top1_gain"], ensemble_path, "top1_gain"),
+            "ensemble_top1_gain_ci95_low": _optional(ens, "top1_gain_ci95_low", ensemble_path),
+            "ensemble_top1_gain_ci95_high": _optional(ens, "top1_gain_ci95_high", ensemble_path),
+            "ensemble_n_images": int(_number(ens["n_images"], ensemble_path, "n_images"))}
+
+
+def recipes_table(recipes: list[dict], agreement: list[dict]) -> list[dict]:
+    """One row per recipe: n seeds, then mean, std and interval of every metric, then mean churn
+    and the ensemble's top-1 gain with their intervals and n (``agreement``: read_agreement, same
+    order)."""
     names = [r["recipe"] for r in recipes]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise DataError(f"recipe {sorted(dup)[0]!r} appears in more than one summary")
     rows = []
-    for r in recipes:
+    for r, agree in zip(recipes, agreement, strict=True):
+        if agree.get("recipe") not in ("", None, r["recipe"]):
+            raise DataError(f"recipe {r['recipe']!r}: its churn and ensemble files are of {agree['recipe']!r} "
+                            "(give them in the order of the summaries)")
         row = {"recipe": r["recipe"], "n_seeds": r["n_seeds"]}
         for m in METRICS:
             s = r["stats"]
             row.update({f"{m}_mean": s["mean"][m], f"{m}_std": _cell(s["std"][m]),
                         f"{m}_ci95_low": _cell(s["ci95_low"][m]), f"{m}_ci95_high": _cell(s["ci95_high"][m]),
                         f"{m}_ci95_halfwidth": _cell(s["ci95_halfwidth"][m])})
+        row.update(cells({k: agree[k] for k in AGREEMENT_FIELDS}))
         # seeds_summary.csv's note names the method and any truncation; recomputed if it is absent.
         truncated = [m for m in METRICS if r["stats"]["ci95_halfwidth"][m] > 0 and (
             r["stats"]["ci95_high"][m] - r["stats"]["ci95_low"][m] < 2 * r["stats"]["ci95_halfwidth"][m] - 1e-12)]
         row["note"] = r.get("note") or interval_note(r["n_seeds"], truncated)
         rows.append(row)
     return rows
+
+
+def read_recipes_summary(path) -> list[dict]:
+    """recipes_summary.csv (recipes_table) as written, numbers as floats (NaN for an empty cell)."""
+    fields = [f"{m}_{k}" for m in METRICS for k in ("mean", "ci95_low", "ci95_high")] + AGREEMENT_FIELDS
+    rows = _read_csv(path, ["recipe", "n_seeds", *fields])
+    return [{"recipe": r["recipe"], "n_seeds": int(_number(r["n_seeds"], path, "n_seeds")), "note": r.get("note", ""),
+             **{k: _optional(r, k, path) for k in fields}} for r in rows]
+
+
+# --- every seed of every recipe, for the study's comparisons --------------------------------------
+
+
+def by_recipe(summaries: list[dict], paths) -> dict:
+    """Per-seed summary.json contents (read_summary) grouped as {recipe: {"recipe", "seeds",
+    "values": {metric: [...]}}}, seeds ascending; DataError when a (recipe, seed) appears twice."""
+    seen, out = {}, {}
+    for s, p in zip(summaries, paths):
+        key = (s["recipe"], s["seed"])
+        if key in seen:
+            raise DataError(f"{p}: recipe {s['recipe']} seed {s['seed']} appears twice (also in {seen[key]})")
+        seen[key] = p
+    for s in sorted(summaries, key=lambda s: (s["recipe"], s["seed"])):
+        r = out.setdefault(s["recipe"], {"recipe": s["recipe"], "seeds": [], "values": {}})
+        r["seeds"].append(s["seed"])
+        for m in METRICS:
+            r["values"].setdefault(m, []).append(s[m])
+    return out
+
+
+def recipes_and_runs(recipes_json: str, summary_paths) -> tuple[dict, dict]:
+    """The recipes' definitions (``--recipes-json``) and every seed's summary.json grouped by recipe
+    (``by_recipe``); DataError, naming the flag, when the JSON is broken or lacks a recipe."""
+    try:
+        recipes = json.loads(recipes_json)
+    except json.JSONDecodeError as e:
+        raise DataError(f"--recipes-json: not valid JSON ({e})") from None
+    runs = by_recipe([read_summary(p) for p in summary_paths], summary_paths)
+    missing = [r for r in runs if r not in recipes]
+    if missing:
+        raise DataError(f"--recipes-json: no definition of recipe {missing[0]!r} (its summary.json is given)")
+    return recipes, runs

@@ -1,4 +1,5 @@
-"""Drawing for reproducibility studies. Every function takes numbers from ``study`` and an optional
+"""Drawing for reproducibility studies. Every function takes numbers from ``seed_agreement``,
+``variance_sources`` or ``recipe_differences`` (intervals as ``intervals`` states) and an optional
 ``ax`` (or axes) and returns the matplotlib Figure; ``save`` (from ``plots``) writes it atomically.
 
 Distributions across seeds are drawn with seaborn (strip plots show every seed: with 3 to 10
@@ -17,7 +18,8 @@ import seaborn as sns  # noqa: E402
 from .plots import _fig_ax, save  # noqa: E402,F401  (scripts save study figures through this module)
 
 LABELS = {"top1": "top-1 accuracy", "top5": "top-5 accuracy", "macro_f1": "macro F1", "ece": "ECE"}
-SOURCE_COLORS = {"all": "tab:blue", "init": "tab:orange", "data": "tab:green", "none": "tab:gray"}
+SOURCE_COLORS = {"all": "tab:blue", "init": "tab:orange", "data": "tab:green", "order": "tab:olive",
+                 "augment": "tab:cyan", "none": "tab:gray"}
 
 
 def _finite(x) -> bool:
@@ -27,8 +29,13 @@ def _finite(x) -> bool:
 # --- one recipe's seeds --------------------------------------------------------------------------
 
 
-def churn_heatmap(matrix: np.ndarray, seeds, ax=None):
-    """Seeds x seeds share of test images with different top-1 predictions, in percent, annotated."""
+def _interval_text(low, high, scale: float = 100, fmt: str = ".1f") -> str:
+    return f" [{scale * float(low):{fmt}}, {scale * float(high):{fmt}}]" if _finite(low) and _finite(high) else ""
+
+
+def churn_heatmap(matrix: np.ndarray, seeds, ax=None, mean: dict | None = None):
+    """Seeds x seeds share of test images with different top-1 predictions, in percent, annotated;
+    ``mean`` (churn.csv's "mean" row) puts the mean churn with its interval in the title."""
     fig, ax = _fig_ax(ax, (3.6, 3.2))
     n = len(seeds)
     if n < 2:
@@ -41,7 +48,11 @@ def churn_heatmap(matrix: np.ndarray, seeds, ax=None):
                 xticklabels=[str(s) for s in seeds], yticklabels=[str(s) for s in seeds], annot_kws={"size": 9})
     ax.set_xlabel("seed")
     ax.set_ylabel("seed")
-    ax.set_title("churn between seeds", fontsize=10)
+    title = "churn between seeds"
+    if mean:
+        title += (f"\nmean {100 * mean['churn']:.1f}%"
+                  f"{_interval_text(mean['churn_ci95_low'], mean['churn_ci95_high'])}, {mean['n_pairs']} pairs")
+    ax.set_title(title, fontsize=10)
     return fig
 
 
@@ -63,14 +74,19 @@ def correctness_rates(rates: np.ndarray, n_seeds: int, noise: dict | None = None
     return fig
 
 
-def selection_optimism(optimism, seeds, ax=None):
-    """Per seed, best-epoch minus last-epoch test accuracy in points, with their mean."""
+def selection_optimism(optimism, seeds, ax=None, interval=None):
+    """Per seed, best-epoch minus last-epoch test accuracy in points, with their mean and its
+    ``interval`` (low, high), if given, as a band."""
     fig, ax = _fig_ax(ax, (3.0, 3.2))
     values = 100 * np.asarray(optimism, dtype=float)
     sns.stripplot(y=values, ax=ax, size=7, color="tab:purple", jitter=0.08)
-    ax.axhline(values.mean(), color="black", lw=1.5, label=f"mean {values.mean():.2f} pts")
+    band = interval is not None and _finite(interval[0]) and _finite(interval[1])
+    label = f"mean {values.mean():.2f} pts" + (_interval_text(*interval, fmt=".2f") if band else "")
+    ax.axhline(values.mean(), color="black", lw=1.5, label=label)
+    if band:
+        ax.axhspan(100 * interval[0], 100 * interval[1], color="tab:purple", alpha=0.15, lw=0)
     ax.axhline(0, color="0.6", lw=0.8, ls="--")
-    low, high = min(0.0, values.min()), max(0.0, values.max())
+    low, high = min(0.0, values.min()), max(0.0, values.max(), 100 * interval[1] if band else 0.0)
     pad = max(0.1 * (high - low), 0.1)
     ax.set_ylim(low - pad, high + 2 * pad)  # zero (no optimism) always in view, room for the legend
     ax.set_ylabel("best minus last epoch, test top-1 (pts)")
@@ -80,12 +96,13 @@ def selection_optimism(optimism, seeds, ax=None):
     return fig
 
 
-def seeds_agreement(matrix, seeds, rates, noise: dict, optimism, recipe: str):
+def seeds_agreement(matrix, seeds, rates, noise: dict, optimism, recipe: str, churn: dict | None = None,
+                    optimism_interval=None):
     """The three per-recipe panels side by side: churn, per-image correctness, selection optimism."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4), gridspec_kw={"width_ratios": [1.2, 1.3, 0.7]})
-    churn_heatmap(matrix, seeds, ax=axes[0])
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.3), gridspec_kw={"width_ratios": [1.2, 1.3, 0.7]})
+    churn_heatmap(matrix, seeds, ax=axes[0], mean=churn)
     correctness_rates(rates, len(seeds), noise, ax=axes[1])
-    selection_optimism(optimism, seeds, ax=axes[2])
+    selection_optimism(optimism, seeds, ax=axes[2], interval=optimism_interval)
     fig.suptitle(f"{recipe}: agreement between {len(seeds)} seeds", fontsize=11)
     fig.tight_layout()
     return fig
@@ -96,7 +113,8 @@ def seeds_agreement(matrix, seeds, rates, noise: dict, optimism, recipe: str):
 
 def differences(rows: list[dict], metric: str = "top1", ax=None):
     """Forest plot: each compared pair's A - B on ``metric`` in points with its 95% interval, the
-    test used, its p-value and P(A beats B on a fresh seed)."""
+    test used, its p-value (and Holm's across the metrics) and P(A beats B) with its interval (same
+    seed when paired, fresh seeds otherwise)."""
     rows = [r for r in rows if r["metric"] == metric]
     fig, ax = _fig_ax(ax, (7.5, 0.7 * max(len(rows), 1) + 1.4))
     if not rows:
@@ -113,10 +131,13 @@ def differences(rows: list[dict], metric: str = "top1", ax=None):
             ax.plot(diff, yi, "o", color="black", mfc="white")
         p = ("no test" if not _finite(r["p_value"])
              else "p<0.001" if r["p_value"] < 0.001 else f"p={r['p_value']:.3f}")
-        beats = f", P(A beats B)={r['p_a_beats_b']:.2f}" if _finite(r["p_a_beats_b"]) else ""
-        ax.annotate(f"{r['test'].capitalize()}, {p}{beats}", (1.02, yi), xycoords=("axes fraction", "data"),
-                    va="center",
-                    fontsize=8)
+        holm = f" (Holm {r['p_holm']:.3f})" if _finite(r.get("p_holm")) else ""
+        kind = "same_seed" if r["test"] == "paired" else "fresh_seeds"
+        key = f"p_a_beats_b_{kind}"
+        beats = (f"\nP(A beats B, {kind.replace('_', ' ')}) {r[key]:.2f}"
+                 f"{_interval_text(r[key + '_ci95_low'], r[key + '_ci95_high'], 1, '.2f')}" if _finite(r[key]) else "")
+        ax.annotate(f"{r['test'].capitalize()}, {p}{holm}{beats}", (1.02, yi), xycoords=("axes fraction", "data"),
+                    va="center", fontsize=8)
     ax.axvline(0, color="0.5", lw=1, ls="--")
     ax.set_yticks(y, [f"{r['recipe_a']} - {r['recipe_b']}" for r in rows])
     ax.set_ylim(-0.7, len(rows) - 0.3)
@@ -130,7 +151,8 @@ def differences(rows: list[dict], metric: str = "top1", ax=None):
 
 def variance_sources(rows: list[dict], values: dict, metric: str = "top1", axes=None):
     """Per family (one row of panels): each source's per-seed values (left) and its sd with the
-    chi-square 95% interval (right), in points. ``values`` maps recipe -> per-seed values."""
+    chi-square 95% interval and its share of the total variance with the F interval (right), in
+    points. ``values`` maps recipe -> per-seed values."""
     rows = [r for r in rows if r["metric"] == metric]
     fams = list(dict.fromkeys(r["family"] for r in rows))
     if axes is None:
@@ -159,25 +181,27 @@ def variance_sources(rows: list[dict], values: dict, metric: str = "top1", axes=
         for i, r in enumerate(members):
             sd = 100 * r["sd"] if _finite(r["sd"]) else math.nan
             if _finite(r["sd_ci_low"]):
+                # The interval comes cut at 0.5, the largest sd a share can have (intervals): a
+                # caret marks a cut end.
                 low, high = 100 * r["sd_ci_low"], 100 * r["sd_ci_high"]
-                # Every metric is a share in [0, 1], whose sd over n seeds cannot exceed this: the
-                # chi-square bound (normal values) is drawn no higher, with an arrow when cut.
-                n = int(r["n_seeds"])
-                top = 100 * math.sqrt((n if n % 2 == 0 else n + 1) / (4 * (n - 1 if n % 2 == 0 else n)))
                 color = SOURCE_COLORS.get(r["vary"], "tab:red")
-                right.errorbar(i, sd, yerr=[[sd - low], [min(high, top) - sd]], fmt="o", capsize=5, color=color)
-                if high > top:
+                right.errorbar(i, sd, yerr=[[sd - low], [high - sd]], fmt="o", capsize=5, color=color)
+                if "cut" in str(r.get("note", "")):
                     clipped = True
-                    right.plot(i, top, marker="^", color=color, ms=8)
-            share = f"{100 * r['share']:.0f}% of total var" if _finite(r["share"]) else ""
+                    right.plot(i, high, marker="^", color=color, ms=8)
+            share = ""
+            if _finite(r["share"]) and r["share_of"] != r["recipe"]:
+                share = f"share {r['share']:.2f}{_interval_text(r['share_ci_low'], r['share_ci_high'], 1, '.2g')}"
+            elif _finite(r["share"]):
+                share = "total (share 1)"
             if math.isfinite(sd):
                 right.annotate(share, (i, sd), xytext=(8, 0), textcoords="offset points", fontsize=8, va="center")
         right.set_xticks(range(len(members)), names)
         right.set_xlim(-0.5, len(members) - 0.3)
         right.set_ylim(bottom=0)  # an sd cannot be negative
         right.set_ylabel(f"sd of {label} between seeds (pts)")
-        right.set_title("sd with chi-square 95% interval" + (" (^: cut at the largest possible sd)" if clipped else ""),
-                        fontsize=10)
+        right.set_title("sd with chi-square 95% interval; share of the vary-all variance [F 95% interval]"
+                        + ("\n(^: cut at 50 pts, the largest sd of a share)" if clipped else ""), fontsize=9)
         right.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
