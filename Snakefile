@@ -45,7 +45,7 @@ from cifar100 import config as cfg, data, deps  # noqa: E402
 # The schema (scripts/cifar100/config.schema.yaml) fills in defaults and checks every key and
 # combination before any job starts; the error names the key.
 cfg.validate(config)
-cfg.refuse_shell_syntax(config, Path.cwd(), workflow.basedir)
+cfg.refuse_shell_syntax(config, Path.cwd(), workflow.basedir, workflow.configfiles)
 
 SIZES = config["analysis"]
 

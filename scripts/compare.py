@@ -8,7 +8,8 @@
 Reads the seeds_summary.csv files aggregate.py writes and the churn.csv and ensemble.csv files
 seeds_study.py writes (same recipe order). The table has, per recipe, every metric's mean, std and
 interval, the mean churn between seeds (jackknife interval over seeds, number of pairs) and the
-ensemble's top-1 gain over the mean single seed (paired t interval over test images, their number). The figure has one panel per metric (top-1,
+ensemble's top-1 gain over the mean single seed (paired t interval over test images, their number).
+The figure has one panel per metric (top-1,
 top-5, macro F1, ECE): each recipe's mean with its interval as an error bar and one dot per seed.
 The interval is the 95% t interval truncated to [0, 1] (the metrics' range), each recipe's number
 of seeds is written under its name, and recipes with one seed get no error bar. Overlapping

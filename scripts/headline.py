@@ -7,7 +7,8 @@
 
 Two tables: per recipe (recipes_summary.csv, written by compare.py), top-1, top-5, macro F1 and ECE
 as mean [95% interval] with the number of seeds, the mean churn between seeds and the ensemble's
-top-1 gain over the mean single seed, each with its interval and n, and the selection rule; per run, the seed notebook's "expected
+top-1 gain over the mean single seed, each with its interval and n, and the selection rule; per run,
+the seed notebook's "expected
 results" (overall accuracy, macro F1, weighted F1, best and worst class) and the selected epoch,
 so the two can be compared at a glance.
 """
@@ -54,6 +55,10 @@ def interval(row: dict, key: str, low: str | None = None, high: str | None = Non
     return f"{mean:.4f} [{low:.4f}, {high:.4f}]"
 
 
+def count(n: float) -> str:
+    return "" if math.isnan(n) else f" ({n:.0f})"
+
+
 def run_row(s: dict, path) -> list[str]:
     """One run's row from its summary.json ``s`` (read from ``path``)."""
     nb = s.get("notebook") if isinstance(s, dict) else None
@@ -81,13 +86,14 @@ def main(argv=None):
         selection.setdefault(str(s.get("recipe")), set()).add(str(s.get("selection")))
     recipe_rows = [[rst.text(r["recipe"]), str(r["n_seeds"]),
                     *(interval(r, f"{m}_mean", f"{m}_ci95_low", f"{m}_ci95_high") for m in replicates.METRICS),
-                    f"{interval(r, 'churn_mean')} ({r['churn_n_pairs']:.0f})",
-                    f"{interval(r, 'ensemble_top1_gain')} ({r['ensemble_n_images']:.0f})",
+                    f"{interval(r, 'churn_mean', 'churn_ci95_low', 'churn_ci95_high')}{count(r['churn_n_pairs'])}",
+                    f"{interval(r, 'ensemble_top1_gain')}{count(r['ensemble_n_images'])}",
                     ", ".join(rst.text(x) for x in sorted(selection.get(r["recipe"], [])))] for r in recipes]
     text = "\n\n".join([
         "Headline results\n================",
-        f"Mean over seeds with its interval in brackets (none with one seed). {intervals.CONVENTION[0].upper()}"
-        f"{intervals.CONVENTION[1:]}. ECE: expected calibration error, lower is better. Churn: the share of test "
+        f"Mean over seeds with the {intervals.method()} in brackets (none with one seed). "
+        f"{intervals.CONVENTION[0].upper()}{intervals.CONVENTION[1:]}. ECE: expected calibration error, lower is "
+        "better. Churn: the share of test "
         "images on which two seeds predict different classes, mean over the seed pairs (their number in "
         "parentheses) with a jackknife interval over seeds. Ensemble gain: top-1 of the mean softmax of all seeds "
         "minus the seeds' mean top-1, with a paired t interval over the test images (their number in parentheses). "

@@ -43,7 +43,8 @@ def main(argv=None):
     for r in rows:
         if r["metric"] == "top1":
             share = (f", share of {r['share_of']}'s variance {r['share']:.3g} "
-                     f"[{r['share_ci_low']:.3g}, {r['share_ci_high']:.3g}]" if r["share"] == r["share"] else "")
+                     f"[{r['share_ci_low']:.3g}, {r['share_ci_high']:.3g}]"
+                     if r["share"] == r["share"] and r["recipe"] != r["share_of"] else "")
             print(f"{r['recipe']} (vary {r['vary']}): top-1 sd {r['sd']:.4f} over {r['n_seeds']} seeds{share}")
     if not rows:
         print("no recipes that differ only in vary: nothing to split")

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,20 @@ def workflow_outputs(snakefile: Path, workdir: Path, *configfiles) -> list[str]:
     lines = p.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("output_file"))
     return [line.split("\t")[0] for line in lines[start + 1:] if line.strip()]
+
+
+# The Snakefile's data versions other than the official CIFAR-100 (data.content_version, synthetic_dir).
+DATA_VERSIONS = r"synthetic-[0-9a-f]+|md5-[0-9a-f]+"
+
+
+def results_root(workdir) -> Path:
+    """Where a workflow run in ``workdir`` keeps its results (the Snakefile's RESULTS): results/ for
+    the official CIFAR-100, results/<data version>/ for any other data, e.g. the tiny configs'
+    synthetic set (results/synthetic-<key>/). Exactly one such folder must exist."""
+    others = [p for p in Path(workdir, "results").glob("*") if p.is_dir() and re.fullmatch(DATA_VERSIONS, p.name)]
+    if len(others) > 1:
+        raise AssertionError(f"results of several datasets in {workdir}: {sorted(p.name for p in others)}")
+    return others[0] if others else Path(workdir, "results")
 
 
 def load_script(name):

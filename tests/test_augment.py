@@ -99,12 +99,12 @@ def test_cutout_boxes_are_the_cutout_repositorys_for_every_centre(length):
 def test_cutout_centres_are_uniform_anywhere_and_the_clipped_area_is_as_expected():
     n, length = 40_000, 8
     boxes = epoch_plan(n, 128, 1, 0, 0, Augment(cutout=length)).cutout.numpy()
-    inside = (boxes[:, 0] > 0) & (boxes[:, 1] < SIZE) & (boxes[:, 2] > 0) & (boxes[:, 3] < SIZE)
-    # Centres 4..27 on both axes give unclipped squares; each of these 24 x 24 centres is equally likely.
+    # Squares of full side: centres 4..28 on both axes; each of these 25 x 25 centres is equally likely.
+    inside = (boxes[:, 1] - boxes[:, 0] == length) & (boxes[:, 3] - boxes[:, 2] == length)
     cy, cx = boxes[inside, 0] + length // 2, boxes[inside, 2] + length // 2
-    counts = np.bincount((cy - 4) * 24 + (cx - 4), minlength=24 * 24)
-    assert stats.chisquare(counts).pvalue > P_MIN
-    assert stats.binomtest(int(inside.sum()), n, (24 / 32) ** 2).pvalue > P_MIN
+    counts = np.bincount((cy - 4) * 25 + (cx - 4), minlength=25 * 25)
+    assert len(counts) == 25 * 25 and stats.chisquare(counts).pvalue > P_MIN
+    assert stats.binomtest(int(inside.sum()), n, (25 / 32) ** 2).pvalue > P_MIN
     # The clipped area: its mean over all 1024 equally likely centres, computed directly.
     areas = (boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])
     side = np.array([min(c + 4, SIZE) - max(c - 4, 0) for c in range(SIZE)])
@@ -296,6 +296,7 @@ def test_the_schedule_resumes_mid_warmup_exactly():
     opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9)
     sched = engine.make_scheduler(opt, r, 4)
     for _ in range(6):
+        opt.step()
         sched.step()
     state_opt, state_sched = opt.state_dict(), sched.state_dict()
     opt2 = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9)
@@ -304,6 +305,8 @@ def test_the_schedule_resumes_mid_warmup_exactly():
     sched2.load_state_dict(state_sched)
     for _ in range(14):
         assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+        opt.step()
+        opt2.step()
         sched.step()
         sched2.step()
 

@@ -16,15 +16,19 @@ def _spec(**kw):
 
 
 def test_the_epoch_plan_is_drawn_on_the_cpu_and_only_copied_to_the_device():
-    assert pipeline.epoch_generator(3, 2).device.type == "cpu"
-    perm, offsets, flips = pipeline.epoch_plan(500, seed=3, epoch=2)
-    assert {t.device.type for t in (perm, offsets, flips)} == {"cpu"}
-    order, off, fl = pipeline.device_plan(500, 3, 2, "cpu")
-    assert torch.equal(order, perm) and torch.equal(off, offsets[perm]) and torch.equal(fl, flips[perm])
+    aug = pipeline.Augment(cutout=8, mixup=1.0, num_classes=10)
+    plan = pipeline.epoch_plan(500, 64, 2, order_seed=3, augment_seed=4, augment=aug)
+    tensors = ("order", "offsets", "flips", "cutout", "partners")
+    assert {getattr(plan, k).device.type for k in tensors} == {"cpu"}
+    o = plan.order
+    visiting = plan.in_visiting_order("cpu")
+    assert torch.equal(visiting.order, o) and torch.equal(visiting.offsets, plan.offsets[o])
+    assert torch.equal(visiting.flips, plan.flips[o]) and torch.equal(visiting.cutout, plan.cutout[o])
     # Another device receives a copy: nothing is drawn there (a "meta" tensor holds no numbers at all).
-    meta = pipeline.device_plan(500, 3, 2, "meta")
-    assert [t.device.type for t in meta] == ["meta"] * 3
-    assert [t.shape for t in meta] == [t.shape for t in (order, off, fl)]
+    meta = plan.in_visiting_order("meta")
+    assert [getattr(meta, k).device.type for k in tensors] == ["meta"] * 5
+    assert [getattr(meta, k).shape for k in tensors] == [getattr(visiting, k).shape for k in tensors]
+    assert meta.lam is plan.lam  # read as host numbers by each step: no device sync
 
 
 def test_rng_state_holds_no_cuda_states_and_restores_even_with_more_gpus_saved_than_seen(tmp_path):

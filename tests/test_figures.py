@@ -273,7 +273,9 @@ def test_headline_states_intervals_seeds_selection_and_notebook_block(tmp_path):
     rows = replicates.seeds_summary([replicates.read_summary(p) for p in runs])
     write_csv(tmp_path / "seeds_summary.csv", rows, replicates.SUMMARY_FIELDS)
     out = tmp_path / "headline.rst"
-    load_script("headline").main(["--seeds-summaries", str(tmp_path / "seeds_summary.csv"), "--runs",
+    table = replicates.recipes_table([replicates.read_seeds_summary(tmp_path / "seeds_summary.csv")])
+    write_csv(tmp_path / "recipes_summary.csv", table)  # as compare.py writes it (no churn: cells empty)
+    load_script("headline").main(["--recipes-summary", str(tmp_path / "recipes_summary.csv"), "--runs",
                                   *map(str, runs), "--headline", str(out)])
     text = out.read_text()
     assert "0.6400 [0.0000, 1.0000]" in text  # top-1 of two seeds: mean, truncated t interval

@@ -16,7 +16,7 @@ import pytest
 
 from cifar100 import checkpoint, data, deadline, engine, files, readers
 from cifar100.config import validate
-from cifar100.exceptions import CheckpointError, ConfigError, DataError
+from cifar100.exceptions import CheckpointError, ConfigError
 from cifar100.model import resnet18
 from helpers import REPO, SCRIPTS, TINY_RECIPE, load_script, run_script, train_args
 
@@ -29,6 +29,10 @@ def _one_line_error(p, script):
     assert len(lines) == 1 and lines[0].startswith(f"{script}: error: "), p.stderr
     assert "Traceback" not in p.stdout + p.stderr
     return lines[0]
+
+
+def _tree(path):
+    return _snapshot(path) if path.is_dir() else path.read_bytes()
 
 
 def _snapshot(folder):
@@ -71,12 +75,10 @@ def test_a_diverged_json_that_is_not_ours_is_kept_whole_and_training_runs(tiny_d
         target.write_text(json.dumps({"fingerprint": "my own notes", "message": "keep me"}))
     else:  # shaped like ours, but not marked as written by this project
         target.write_text(json.dumps({"format": "other/1", "fingerprint": {"seed": 0}, "message": "x"}))
-    before = _snapshot(folder)
+    before = _tree(target)
     p = run_script("train.py", *train_args(tiny_data, folder, ONE_EPOCH))
     (aside,) = folder.glob("diverged.json.unreadable-*")
-    assert {k.name.replace(aside.name, "diverged.json") if k.parts[0] == aside.name else str(k): v
-            for k, v in _snapshot(folder).items() if k.parts[0] == aside.name} == \
-        {str(k): v for k, v in before.items()}
+    assert _tree(aside) == before  # kept whole, under a new name
     assert f"ignoring {target} (moved to {aside.name})" in p.stdout and (folder / "model.pt").is_file()
 
 
@@ -159,9 +161,9 @@ def _history(tmp_path, epochs=2):
 
 @pytest.mark.parametrize("damage, message", [
     (lambda b: b[:-7], "truncated (the last row does not end with a line break)"),
-    (lambda b: b.rsplit(b",", 3)[0] + b"\r\n", "3: 7 fields where the header has 10"),
-    (lambda b: b.replace(b"0.18", b"nan"), "column 'train_acc' holds nan"),
-    (lambda b: b.replace(b"0.18", b"1.8"), "column 'train_acc' holds 1.8"),
+    (lambda b: b.rsplit(b",", 3)[0] + b"\r\n", "3: {n} fields where the header has {n3}"),
+    (lambda b: b.replace(b"0.18", b"nan"), "3: column 'test_acc' holds nan"),
+    (lambda b: b.replace(b"0.18", b"1.8"), "3: column 'test_acc' holds 1.8"),
     (lambda b: b"\x89PNG\r\n\x1a\n\xff\xfe" + b, "not a CSV file (byte 0 is not UTF-8 text)"),
     (lambda b: b"\r\n".join(b.split(b"\r\n")[:2]) + b"\r\n", "1 epochs, but"),  # a whole row lost
 ])
@@ -171,7 +173,8 @@ def test_a_damaged_history_is_refused_in_one_line(tmp_path, damage, message):
     (tmp_path / "metrics.json").write_text(json.dumps(_metrics(selected_epoch=1, run_spec={"recipe": TINY_RECIPE})))
     p = run_script("curves.py", "--history", path, "--metrics", tmp_path / "metrics.json",
                    "--figure", tmp_path / "c.png", check=False)
-    assert message in _one_line_error(p, "curves.py")
+    n = len(engine.HISTORY_FIELDS)
+    assert message.format(n=n - 3, n3=n) in _one_line_error(p, "curves.py")
     assert not (tmp_path / "c.png").exists()
 
 
@@ -246,12 +249,14 @@ def _shared_lists(depth, width=2):
 ])
 def test_a_crafted_label_list_is_refused_in_one_line_without_a_crash(tmp_path, tiny_data, value, message):
     d, root = _copy_data(tmp_path, tiny_data)
+    _rewrite(root / "train", lambda obj: None)
+    size = (root / "train").stat().st_size
 
     def plant(obj):
         obj["fine_labels"] = value
 
     _rewrite(root / "train", plant)
-    assert (root / "train").stat().st_size < 10**6 + 2000
+    assert (root / "train").stat().st_size < size + 1000  # a few hundred bytes of crafted labels
     p = run_script("download.py", "--data-dir", d, check=False, timeout=60)
     assert p.returncode != -signal.SIGSEGV, "numpy segfaulted"
     assert message in _one_line_error(p, "download.py")
@@ -268,7 +273,7 @@ def test_a_crafted_label_list_is_refused_in_one_line_without_a_crash(tmp_path, t
 def test_bad_train_flags_are_refused_before_any_work(tiny_data, tmp_path, flags, message):
     p = run_script("train.py", *train_args(tiny_data, tmp_path, ONE_EPOCH), *flags, check=False,
                    env={"SLURM_JOB_ID": "1", "SLURM_JOB_END_TIME": "4102444800"})
-    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == f"train.py: error: {message}"
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(f"train.py: error: {message}")
     assert not any(tmp_path.iterdir())
 
 
@@ -311,7 +316,7 @@ def test_config_values_that_cannot_work_are_refused(config_dict, change, message
 @pytest.fixture()
 def config_dict():
     return {"seeds": [0], "runs": ["baseline"], "selection": "best_test", "dataset": "synthetic",
-            "recipes": {"baseline": dict(TINY_RECIPE)}}
+            "synthetic": {}, "recipes": {"baseline": dict(TINY_RECIPE)}}
 
 
 def test_a_model_pt_asking_for_a_huge_width_is_refused_before_allocating(tmp_path):

@@ -77,10 +77,11 @@ def test_offsets_and_flips_have_the_notebooks_distribution():
 
 
 def test_epoch_plan_draws_uniform_offsets_and_fair_flips():
-    perm, offsets, flips = epoch_plan(20_000, seed=0, epoch=1)
+    plan = epoch_plan(20_000, 128, 1, order_seed=0, augment_seed=0)
     for axis in range(2):
-        assert chi2_uniform(offsets[:, axis].numpy(), 9) < CHI2_8DOF_P001
-    assert abs(flips.float().mean().item() - 0.5) < 4 * math.sqrt(0.25 / 20_000)
+        assert chi2_uniform(plan.offsets[:, axis].numpy(), 9) < CHI2_8DOF_P001
+    assert abs(plan.flips.float().mean().item() - 0.5) < 4 * math.sqrt(0.25 / 20_000)
+    assert torch.equal(plan.order.sort().values, torch.arange(20_000))
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -346,6 +346,11 @@ B = {"recipe": "b", "seeds": [3, 2, 1, 0], "values": [0.650, 0.625, 0.641, 0.628
 PLAN = {"width": 0.01, "effect": 0.01}
 
 
+def every_metric(r: dict) -> dict:
+    """The same per-seed values for every headline metric, as compare_pair takes them."""
+    return {**r, "values": {m: r["values"] for m in rd.HIGHER_IS_BETTER}}
+
+
 def test_paired_comparison_matches_scipy_ttest_rel():
     row = rd.compare(A, B, "top1", **PLAN)
     xa = np.array(A["values"])
@@ -449,9 +454,7 @@ def test_holm_matches_a_direct_step_down():
         expected[i] = running
     assert math.isnan(adj[3]) and all(adj[i] == pytest.approx(v) for i, v in expected.items())
     assert adj == pytest.approx([0.03, 0.06, 0.06, math.nan, 0.02], nan_ok=True)
-    rows = rd.compare_pair({"recipe": "a", "seeds": A["seeds"], "values": {m: A["values"] for m in rd.HIGHER_IS_BETTER}},
-                           {"recipe": "b", "seeds": B["seeds"], "values": {m: B["values"] for m in rd.HIGHER_IS_BETTER}},
-                           **PLAN)
+    rows = rd.compare_pair(every_metric(A), every_metric(B), **PLAN)
     assert [r["metric"] for r in rows] == list(rd.HIGHER_IS_BETTER)
     assert [r["p_holm"] for r in rows] == pytest.approx(rd.holm([r["p_value"] for r in rows]))
 
@@ -554,10 +557,8 @@ def test_agreement_figure_shows_the_numbers(runs):
 
 
 def test_differences_and_sources_figures_label_every_row():
-    rows = rd.compare_pair({**A, "values": {m: A["values"] for m in rd.HIGHER_IS_BETTER}},
-                           {**B, "values": {m: B["values"] for m in rd.HIGHER_IS_BETTER}}, **PLAN)[:1] + rd.compare_pair(
-        {**B, "values": {m: B["values"] for m in rd.HIGHER_IS_BETTER}},
-        {**A, "values": {m: A["values"] for m in rd.HIGHER_IS_BETTER}}, **PLAN)[:1]
+    rows = (rd.compare_pair(every_metric(A), every_metric(B), **PLAN)[:1]
+            + rd.compare_pair(every_metric(B), every_metric(A), **PLAN)[:1])
     fig = study_plots.differences(rows, "top1")
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["a - b", "b - a"]
     note = fig.axes[0].texts[0].get_text()
@@ -575,7 +576,7 @@ def test_differences_and_sources_figures_label_every_row():
     assert right.get_ylim()[0] == 0
     init = next(r for r in srows if r["recipe"] == "base_init")
     shares = [t.get_text() for t in right.texts]
-    assert f"share {init['share']:.2f} [{init['share_ci_low']:.2g}, {init['share_ci_high']:.2g}]" in shares
+    assert f"share {init['share']:.3g} [{init['share_ci_low']:.3g}, {init['share_ci_high']:.3g}]" in shares
     study_plots.plt.close(fig)
 
 

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, workflow_outputs
+from helpers import REPO, results_root, same_weights, workflow_outputs
 
-from cifar100 import data
+from cifar100 import data, deps
 
 pytestmark = pytest.mark.slow
 
-ANALYSIS_RULES = {"samples", "curves", "confusion", "errors", "report", "gradcam", "aggregate", "compare", "headline",
-                  "seeds_study", "differences", "variance"}
+GPU_RULES = {"train", "evaluate", "gradcam"}  # the rules that run the model
+ANALYSIS_RULES = {"samples", "curves", "confusion", "errors", "report", "gradcam_figures", "aggregate", "compare",
+                  "headline", "seeds_study", "differences", "variance"}
 # A data_dir a careless (or hostile) config could hold: every piece of shell syntax in it must stay text.
 HOSTILE_DATA_DIR = "data dir ü; $(touch pwned-dollar) `touch pwned-backtick` && touch pwned-and"
 MARKERS = ("pwned-dollar", "pwned-backtick", "pwned-and")
@@ -74,7 +75,7 @@ def test_every_declared_output_exists_for_every_seed(run, expected):
     assert not missing, missing
     for seed in (0, 1):
         for name in ["logs/train.log", "logs/evaluate.log", "benchmarks/train.tsv"]:
-            assert (wd / f"results/baseline/seed{seed}" / name).is_file(), f"seed{seed}/{name} missing"
+            assert (results_root(wd) / f"baseline/seed{seed}" / name).is_file(), f"seed{seed}/{name} missing"
     assert not list(wd.rglob("*.tmp*")), "temp files left behind"
 
 
@@ -103,9 +104,9 @@ def test_synthetic_data_lives_in_its_own_folder(run):
 
 def test_training_learned_and_seeds_differ(run):
     _, wd = run
-    logits = [np.load(wd / f"results/baseline/seed{s}/predictions.npz")["logits"] for s in (0, 1)]
+    logits = [np.load(results_root(wd) / f"baseline/seed{s}/predictions.npz")["logits"] for s in (0, 1)]
     assert logits[0].shape == (200, 10) and not np.array_equal(logits[0], logits[1])
-    labels = np.load(wd / "results/baseline/seed0/predictions.npz")["labels"]
+    labels = np.load(results_root(wd) / "baseline/seed0/predictions.npz")["labels"]
     assert all((lg.argmax(1) == labels).mean() > 0.3 for lg in logits)  # chance is 0.1
 
 
@@ -127,30 +128,44 @@ def edited(path: Path, text="\n# edited\n"):
         path.write_text(original)
 
 
-def test_editing_an_analysis_script_reruns_only_that_analysis(run):
+def readme_rerun_table() -> dict[str, set[str]]:
+    """The README's "what reruns when you edit" table: {file under scripts/: rules planned}. A row
+    names its files in backticks, then its rules in backticks; "every analysis" stands for every
+    CPU rule, "nothing" for none."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("<!-- reruns-table -->", 1)[1].split("<!-- /reruns-table -->", 1)[0]
+    table = {}
+    for row in section.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if len(cells) != 2 or not cells[0].startswith("`"):
+            continue
+        rules = set(re.findall(r"`(\w+)`", cells[1])) | (ANALYSIS_RULES if "every analysis" in cells[1] else set())
+        for name in re.findall(r"`([^`]+\.py)`", cells[0]):
+            assert name not in table, f"{name} is in two rows of the README's table"
+            table[name] = rules
+    return table
+
+
+def test_what_reruns_after_each_edit_is_the_readmes_table(run):
+    """Every package module and every script edited in turn, each plan compared with the README's
+    table; the GPU rules appear only for the code that runs the model (deps.MODEL_CODE, cam.py and
+    the GPU rules' own scripts)."""
     workflow, wd = run
-    with edited(workflow / "scripts/confusion.py"):
-        jobs = planned(workflow, wd)
-    assert jobs.get("confusion") == 2
-    # aggregate reads per_class_accuracy.csv; compare and headline read what aggregate writes
-    assert set(jobs) <= {"confusion", "aggregate", "compare", "headline", "all"}
-
-
-def test_editing_shared_plot_helpers_reruns_only_analyses(run):
-    workflow, wd = run
-    with edited(workflow / "scripts/cifar100/plots.py"):
-        jobs = planned(workflow, wd)
-    assert {"confusion", "errors", "report", "samples", "curves"} <= set(jobs)
-    assert set(jobs) <= ANALYSIS_RULES | {"all"}
-
-
-def test_editing_training_code_reruns_training_and_everything_downstream(run):
-    workflow, wd = run
-    with edited(workflow / "scripts/cifar100/engine.py"):
-        jobs = planned(workflow, wd)
-    assert jobs.get("train") == 2 and jobs.get("evaluate") == 2
-    assert ANALYSIS_RULES <= set(jobs)
-    assert "dataset" not in jobs
+    table = readme_rerun_table()
+    files = sorted(str(p.relative_to(workflow / "scripts")) for p in (workflow / "scripts").rglob("*.py")
+                   if "egg-info" not in str(p))
+    assert sorted(table) == files, "the README's table must list every script and package module once"
+    wrong = {}
+    for name in files:
+        with edited(workflow / "scripts" / name):
+            jobs = set(planned(workflow, wd)) - {"all"}
+        if jobs != table[name]:
+            wrong[name] = sorted(jobs)
+        gpu = jobs & GPU_RULES
+        model_code = {f"cifar100/{m}" for m in deps.GRADCAM_CODE} | {f"{r}.py" for r in GPU_RULES}
+        assert not gpu or name in model_code, f"editing {name} queues GPU jobs {sorted(gpu)}"
+    assert not wrong, "plans differ from the README's table; actual rows:\n" + "\n".join(
+        f"| `{n}` | {', '.join(f'`{r}`' for r in rules) or 'nothing'} |" for n, rules in wrong.items())
 
 
 def test_a_new_import_in_a_module_becomes_a_code_input_of_its_rules(run):
@@ -176,12 +191,34 @@ def test_a_newer_download_script_never_refetches_existing_data(run):
         assert planned(workflow, wd) == {}
 
 
-def test_changing_an_analysis_parameter_reruns_only_that_analysis(run, tmp_path):
+# What each analysis key changes; only the Grad-CAM keys change what the model is asked to compute.
+ANALYSIS_KEYS = {"samples": ("samples", 5), "gallery_size": ("errors", 5), "top_pairs": ("errors", 3),
+                 "ece_bins": ("report", 7), "gradcam_images": ("gradcam", 2), "gradcam_layer": ("gradcam", "layer3")}
+
+
+def test_every_analysis_key_is_checked_below():
+    assert set(ANALYSIS_KEYS) == set(cfg_schema()["properties"]["analysis"]["properties"])
+
+
+def cfg_schema():
+    from cifar100 import config
+
+    return config.schema()
+
+
+@pytest.mark.parametrize("key", sorted(ANALYSIS_KEYS))
+def test_changing_an_analysis_key_queues_no_gpu_job_unless_the_model_must_compute_more(run, tmp_path, key):
     workflow, wd = run
-    override = tmp_path / "gallery.yaml"
-    override.write_text("analysis:\n  gallery_size: 5\n")
-    jobs = planned(workflow, wd, configs=[workflow / "tests/tiny.yaml", workflow.parent / "odd.yaml", override])
-    assert jobs.get("errors") == 2 and set(jobs) <= {"errors", "all"}
+    rule, value = ANALYSIS_KEYS[key]
+    override = tmp_path / "analysis.yaml"
+    override.write_text(f"analysis:\n  {key}: {value}\n")
+    jobs = set(planned(workflow, wd, configs=[workflow / "tests/tiny.yaml", workflow.parent / "odd.yaml", override]))
+    assert rule in jobs
+    assert not jobs & GPU_RULES - ({"gradcam"} if key.startswith("gradcam") else set()), sorted(jobs)
+
+
+def test_changing_val_size_under_best_test_plans_nothing(run):
+    assert planned(*run, "--config", "val_size=123") == {}
 
 
 def test_changing_a_recipe_reruns_training(run):
@@ -223,7 +260,7 @@ def test_lost_session_rerun_incomplete_rebuilds_a_finished_training_without_trai
     """The login node died while seed 0's training job finished: Snakemake marks the job incomplete
     and --rerun-incomplete deletes its outputs. The rerun rebuilds them from the complete last.pt."""
     workflow, wd = run
-    run_dir = wd / "results/baseline/seed0"
+    run_dir = results_root(wd) / "baseline/seed0"
     weights = (run_dir / "model.pt").read_bytes()
     history = (run_dir / "history.csv").read_text()
     for name in ("model.pt", "history.csv"):
@@ -242,6 +279,35 @@ def test_lost_session_rerun_incomplete_rebuilds_a_finished_training_without_trai
     old, new = state(weights), state((run_dir / "model.pt").read_bytes())
     assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
     assert time.time() - t0 < 120
+
+
+def test_a_finished_model_survives_losing_last_pt_and_the_dataset_manifest(run):
+    """A user deletes last.pt to save disk, later the dataset's manifest goes: the dataset step and
+    training are planned again, but the intact finished model.pt is kept, not retrained."""
+    workflow, wd = run
+    run_dir = results_root(wd) / "baseline/seed0"
+    shutil.copy(run_dir / "model.pt", wd.parent / "model-before.pt")
+    (run_dir / "last.pt").unlink()
+    (manifest,) = (wd / "results/datasets").glob("*/manifest.json")
+    manifest.unlink()
+    snakemake(workflow, wd, "--cores", "2", "--until", "train")
+    log = (run_dir / "logs/train.log").read_text()
+    assert "kept, history.csv rebuilt from it, no training" in log and "epoch 1/" not in log
+    assert same_weights(run_dir / "model.pt", wd.parent / "model-before.pt")
+
+
+def test_results_of_other_data_live_apart(run, tmp_path):
+    """The try-it-here run's results and those of another dataset in the same working directory
+    never share a folder: the other data's runs are planned under results/<its data version>/."""
+    workflow, wd = run
+    data.write_synthetic(tmp_path / "d", train_size=30, test_size=10, num_classes=3, num_coarse=1)
+    override = tmp_path / "other.yaml"
+    override.write_text(f"dataset: cifar100\ndata_dir: '{tmp_path / 'd'}'\nseeds: [0]\n")
+    out = snakemake(workflow, wd, "-n", configs=[workflow / "tests/tiny.yaml", override]).stdout
+    planned_files = re.findall(r"output: (\S+)", out)
+    apart = [f for f in planned_files if re.match(r"results/(md5-[0-9a-f]+|datasets)/", f)]
+    assert planned_files and apart == planned_files, planned_files
+    assert str(results_root(wd).name).startswith("synthetic-")
 
 
 def test_html_report_holds_every_figure(run):
@@ -280,7 +346,7 @@ def prestaged(run, tmp_path_factory):
 
 def test_prestaged_data_is_read_in_place_and_a_second_invocation_plans_no_training(prestaged):
     workflow, wd, configs, folder = prestaged
-    assert (wd / "results/baseline/seed0/model.pt").is_file()
+    assert (results_root(wd) / "baseline/seed0/model.pt").is_file()
     assert sorted(p.name for p in folder.parent.iterdir()) == ["cifar-100-python"]  # nothing added
     assert "train" not in planned(workflow, wd, configs=configs)
 

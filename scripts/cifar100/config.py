@@ -201,13 +201,15 @@ def _strings(value, where: str):
             yield from _strings(v, f"{where}/{i}")
 
 
-def refuse_shell_syntax(config: dict, workdir, workflow_dir=None) -> None:
-    """Raise ConfigError, naming the key (or folder), if any string of the resolved ``config``, the
-    working directory or the workflow's folder holds shell syntax (SHELL_SYNTAX)."""
+def refuse_shell_syntax(config: dict, workdir, workflow_dir=None, configfiles=()) -> None:
+    """Raise ConfigError, naming the key (or folder, or file), if any string of the resolved
+    ``config``, the working directory, the workflow's folder or a config file's path holds shell
+    syntax (SHELL_SYNTAX): each of them is written into every job's command."""
     texts = [(f"config key {where}", text) for where, text in _strings(config, "")]
     texts.append(("working directory", str(workdir)))
     if workflow_dir is not None:
         texts.append(("workflow folder", str(workflow_dir)))
+    texts += [("config file", str(path)) for path in configfiles]
     for what, text in texts:
         bad = "".join(sorted(set(text) & SHELL_SYNTAX))
         if bad:

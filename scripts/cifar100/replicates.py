@@ -246,16 +246,16 @@ def read_agreement(churn_path, ensemble_path) -> dict:
             "ensemble_n_images": int(_number(ens["n_images"], ensemble_path, "n_images"))}
 
 
-def recipes_table(recipes: list[dict], agreement: list[dict]) -> list[dict]:
+def recipes_table(recipes: list[dict], agreement: list[dict] | None = None) -> list[dict]:
     """One row per recipe: n seeds, then mean, std and interval of every metric, then mean churn
     and the ensemble's top-1 gain with their intervals and n (``agreement``: read_agreement, same
-    order)."""
+    order; without it those cells stay empty)."""
     names = [r["recipe"] for r in recipes]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise DataError(f"recipe {sorted(dup)[0]!r} appears in more than one summary")
     rows = []
-    for r, agree in zip(recipes, agreement, strict=True):
+    for r, agree in zip(recipes, agreement or [{k: math.nan for k in AGREEMENT_FIELDS}] * len(recipes), strict=True):
         if agree.get("recipe") not in ("", None, r["recipe"]):
             raise DataError(f"recipe {r['recipe']!r}: its churn and ensemble files are of {agree['recipe']!r} "
                             "(give them in the order of the summaries)")

@@ -156,7 +156,7 @@ def variance_sources(rows: list[dict], values: dict, metric: str = "top1", axes=
     rows = [r for r in rows if r["metric"] == metric]
     fams = list(dict.fromkeys(r["family"] for r in rows))
     if axes is None:
-        fig, axes = plt.subplots(max(len(fams), 1), 2, figsize=(10, 3.4 * max(len(fams), 1)), squeeze=False)
+        fig, axes = plt.subplots(max(len(fams), 1), 2, figsize=(11, 3.8 * max(len(fams), 1)), squeeze=False)
     else:
         fig = np.asarray(axes).flat[0].figure
         axes = np.atleast_2d(axes)
@@ -191,7 +191,7 @@ def variance_sources(rows: list[dict], values: dict, metric: str = "top1", axes=
                     right.plot(i, high, marker="^", color=color, ms=8)
             share = ""
             if _finite(r["share"]) and r["share_of"] != r["recipe"]:
-                share = f"share {r['share']:.2f}{_interval_text(r['share_ci_low'], r['share_ci_high'], 1, '.2g')}"
+                share = f"share {r['share']:.3g}{_interval_text(r['share_ci_low'], r['share_ci_high'], 1, '.3g')}"
             elif _finite(r["share"]):
                 share = "total (share 1)"
             if math.isfinite(sd):
@@ -200,8 +200,9 @@ def variance_sources(rows: list[dict], values: dict, metric: str = "top1", axes=
         right.set_xlim(-0.5, len(members) - 0.3)
         right.set_ylim(bottom=0)  # an sd cannot be negative
         right.set_ylabel(f"sd of {label} between seeds (pts)")
-        right.set_title("sd with chi-square 95% interval; share of the vary-all variance [F 95% interval]"
-                        + ("\n(^: cut at 50 pts, the largest sd of a share)" if clipped else ""), fontsize=9)
+        right.set_title("sd, chi-square 95% interval" + (" (^: cut at 50 pts, the most a share can spread)"
+                                                           if clipped else "")
+                        + "\nshare of the vary-all variance [F 95% interval]", fontsize=9)
         right.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
