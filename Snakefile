@@ -40,7 +40,12 @@ configfile: Path(workflow.basedir) / "config.yaml"
 SCRIPTS = Path(workflow.basedir) / "scripts"
 CAPTIONS = SCRIPTS / "captions"
 sys.path.insert(0, str(SCRIPTS))
-from cifar100 import config as cfg, data, deps  # noqa: E402
+from cifar100 import busy, config as cfg, data, deps  # noqa: E402
+
+# Another snakemake running in this folder: say so, rather than Snakemake's IncompleteFilesException
+# advising --rerun-incomplete (its files are being written, not broken). Jobs it submits skip this.
+if not (workflow.remote_exec or workflow.subprocess_exec):
+    busy.refuse_if_busy(Path.cwd(), sys.argv)
 
 # The schema (scripts/cifar100/config.schema.yaml) fills in defaults and checks every key and
 # combination before any job starts; the error names the key.
@@ -530,6 +535,34 @@ def study_pairs():
     return [f"{a}:{b}" for a, b in config["study"]["pairs"]]
 
 
+def study_figure(path, name, shown):
+    """A study figure joins the report only when it has something to show (one recipe: no pair
+    to compare, no family of vary variants; the figure would only say so)."""
+    if not shown:
+        return path
+    return report(path, caption=caption(name), category="reproducibility")
+
+
+def has_pairs():
+    from cifar100 import recipe_differences
+
+    runs = {name: config["recipes"][name] for name in config["runs"]}
+    return bool(
+        config["study"]["pairs"] or recipe_differences.default_pairs(list(runs), runs)
+    )
+
+
+def has_families():
+    from cifar100 import variance_sources
+    from cifar100.exceptions import DataError
+
+    runs = {name: config["recipes"][name] for name in config["runs"]}
+    try:
+        return bool(variance_sources.families(runs))
+    except DataError:  # twin recipes: variance.py names them in its one-line error
+        return True
+
+
 def every_summary():
     return expand(
         rules.report.output.summary, recipe=config["runs"], seed=config["seeds"]
@@ -578,10 +611,8 @@ rule differences:
         code=code("differences.py"),
     output:
         table=f"{RESULTS}/recipe_differences.csv",
-        figure=report(
-            f"{RESULTS}/recipe_differences.png",
-            caption=caption("recipe_differences"),
-            category="reproducibility",
+        figure=study_figure(
+            f"{RESULTS}/recipe_differences.png", "recipe_differences", has_pairs()
         ),
     log:
         f"{RESULTS}/logs/differences.log",
@@ -608,10 +639,8 @@ rule variance:
         code=code("variance.py"),
     output:
         table=f"{RESULTS}/variance_sources.csv",
-        figure=report(
-            f"{RESULTS}/variance_sources.png",
-            caption=caption("variance_sources"),
-            category="reproducibility",
+        figure=study_figure(
+            f"{RESULTS}/variance_sources.png", "variance_sources", has_families()
         ),
     log:
         f"{RESULTS}/logs/variance.log",

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Summarise one recipe's seeds: mean, spread and a 95% t interval of every headline metric.
+r"""Summarise one recipe's seeds: mean, spread and a 95% t interval of every headline metric.
 
     python scripts/aggregate.py --summaries results/baseline/seed{0,1,2}/summary.json \
         --histories results/baseline/seed{0,1,2}/history.csv \
@@ -19,9 +19,8 @@ With one seed the std and interval cells are empty and the note column says why.
 
 import argparse
 
-from cifar100 import plots, replicates
+from cifar100 import plots, replicates, run_arithmetic
 from cifar100.cli import one_file_per_seed, run_cli
-from cifar100.exceptions import DataError
 from cifar100.files import write_csv
 
 
@@ -34,20 +33,19 @@ def parse_args(argv=None):
     p.add_argument("--seeds-summary", required=True, help="seeds_summary.csv to write (required)")
     p.add_argument("--seeds-per-class", required=True, help="seeds_per_class.csv to write (required)")
     p.add_argument("--curves", required=True, help="seeds_curves.png to write (required)")
-    p.add_argument("--level", type=float, default=replicates.LEVEL,
-                   help="confidence level of the interval (default: %(default)s; columns keep the ci95 names)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     a = parse_args(argv)
     one_file_per_seed(summaries=a.summaries, histories=a.histories, **{"per-class tables": a.per_class})
-    if not 0 < a.level < 1:
-        raise DataError(f"--level must be between 0 and 1, got {a.level}")
     summaries = [replicates.read_summary(p) for p in a.summaries]
     recipe = replicates.check_replicates(summaries, a.summaries)
     curves = [replicates.read_history(p) for p in a.histories]
-    rows = replicates.seeds_summary(summaries, a.level)
+    rows = replicates.seeds_summary(summaries)
+    differs = run_arithmetic.note_of_files(a.summaries)  # seeds on different node types: said in the note
+    for r in rows if differs else []:
+        r["note"] = f"{r['note']}; {differs}" if r["note"] else r["note"]
     write_csv(a.seeds_summary, rows, replicates.SUMMARY_FIELDS)
 
     tables = [replicates.read_per_class(p) for p in a.per_class]
@@ -64,11 +62,13 @@ def main(argv=None):
     for m in replicates.METRICS:
         line = f"{recipe} {m}: mean {mean['mean'][m]:.4f}"
         if len(summaries) > 1:
-            line += (f" std {mean['std'][m]:.4f} {round(100 * a.level)}% CI "
+            line += (f" std {mean['std'][m]:.4f} 95% CI "
                      f"[{mean['ci95_low'][m]:.4f}, {mean['ci95_high'][m]:.4f}] (t, truncated to [0, 1])")
         print(line)
     if len(summaries) == 1:
         print(f"{recipe}: {replicates.ONE_SEED_NOTE}")
+    if differs:
+        print(f"{recipe}: {differs}")
     print(f"wrote {a.seeds_summary}, {a.seeds_per_class}, {a.curves}")
 
 

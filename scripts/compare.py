@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Compare recipes: one row per recipe (mean and 95% interval over seeds) and one figure.
+r"""Compare recipes: one row per recipe (mean and 95% interval over seeds) and one figure.
 
     python scripts/compare.py --summaries results/{baseline,cosine}/seeds_summary.csv \
         --churn results/{baseline,cosine}/churn.csv --ensemble results/{baseline,cosine}/ensemble.csv \

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training curves from history.csv: loss, accuracy and learning rate per epoch.
+r"""Training curves from history.csv: loss, accuracy and learning rate per epoch.
 
     python scripts/curves.py --history results/baseline/seed0/history.csv \
         --figure results/baseline/seed0/training_curves.png

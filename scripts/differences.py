@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Recipe A vs recipe B, as a researcher must state it: difference, interval, p, effect size, odds.
+r"""Recipe A vs recipe B, as a researcher must state it: difference, interval, p, effect size, odds.
 
     python scripts/differences.py --summaries results/*/seed*/summary.json \
         --recipes-json '{"baseline": {...}, "cosine": {...}}' --pairs baseline:cosine --interval-width 0.01 \

@@ -41,8 +41,8 @@ def synthetic_settings(text: str) -> dict:
     """The synthetic section, validated and completed by the config schema."""
     try:
         given = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise config.ConfigError(f"--synthetic: not valid JSON ({e})") from e
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, or nested too deeply
+        raise config.ConfigError(f"--synthetic: not valid JSON ({e or 'nested too deeply'})") from e
     return config.validate_section("synthetic", given)
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Error analysis: the most confident mistakes, the most frequent confusions, confidence of right vs wrong.
+r"""Error analysis: the most confident mistakes, the most frequent confusions, confidence of right vs wrong.
 
     python scripts/errors.py --predictions results/baseline/seed0/predictions.npz --data-dir data \
         --gallery-size 24 --top-pairs 30 --gallery results/baseline/seed0/errors_gallery.png \
@@ -17,11 +17,14 @@ Writes the four files it is given:
 """
 
 import argparse
-from cifar100 import config, data, metrics, plots
+from cifar100 import config, metrics, plots
 from cifar100.cli import positive_int, run_cli
 from cifar100.files import write_csv, write_json
+from cifar100.predictions import load_with_test_set
 
 PAIR_FIELDS = ["true_index", "true_name", "pred_index", "pred_name", "count"]
+COLS = 8  # images per gallery row
+BINS = 20  # of the confidence histogram: 0.05 wide
 
 
 def parse_args(argv=None):
@@ -33,9 +36,6 @@ def parse_args(argv=None):
                    help="wrong predictions shown in errors_gallery.png (default: %(default)s)")
     p.add_argument("--top-pairs", type=positive_int, default=config.default("analysis", "top_pairs"),
                    help="most rows of confusion_pairs.csv (default: %(default)s)")
-    p.add_argument("--cols", type=positive_int, default=8, help="images per gallery row (default: %(default)s)")
-    p.add_argument("--bins", type=positive_int, default=20,
-                   help="bins of confidence_histogram.png (default: %(default)s)")
     p.add_argument("--gallery", required=True, help="gallery figure to write (required)")
     p.add_argument("--pairs", required=True, help="confusion pairs CSV to write (required)")
     p.add_argument("--histogram", required=True, help="confidence histogram figure to write (required)")
@@ -45,15 +45,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     a = parse_args(argv)
-    test, fine_names, _, _ = data.load_test(a.data_dir)
-    logits, labels = metrics.load_predictions(a.predictions, test.labels, len(fine_names))
-    probs = metrics.softmax(logits)
-    preds, confidence = probs.argmax(axis=1), probs.max(axis=1)
-    correct = preds == labels
+    r = load_with_test_set(a.predictions, a.data_dir)
+    test, fine_names, labels, preds, confidence, correct = (r.test, r.fine_names, r.labels, r.preds, r.confidence,
+                                                            r.correct)
 
     worst = metrics.most_confident_errors(confidence, correct, a.gallery_size)
     plots.save(plots.errors_gallery(test.images[worst], [fine_names[i] for i in labels[worst]],
-                                    [fine_names[i] for i in preds[worst]], confidence[worst], cols=a.cols),
+                                    [fine_names[i] for i in preds[worst]], confidence[worst], cols=COLS),
                a.gallery)
 
     cm = metrics.confusion_matrix(labels, preds, len(fine_names))
@@ -63,7 +61,7 @@ def main(argv=None):
         for t, p, c in pairs
     ], PAIR_FIELDS)
 
-    plots.save(plots.confidence_histogram(confidence[correct], confidence[~correct], bins=a.bins),
+    plots.save(plots.confidence_histogram(confidence[correct], confidence[~correct], bins=BINS),
                a.histogram)
 
     summary = metrics.confidence_split(confidence, correct)

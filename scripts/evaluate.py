@@ -1,10 +1,13 @@
 #!/usr/bin/env python
-"""Evaluate the selected model on the test set once: predictions.npz and metrics.json.
+r"""Evaluate the selected model on the test set once: predictions.npz and metrics.json.
 
     python scripts/evaluate.py --checkpoint results/baseline/seed0/model.pt --data-dir data \
         --predictions results/baseline/seed0/predictions.npz --metrics results/baseline/seed0/metrics.json
 
-predictions.npz holds ``logits`` (float32 [N, C]) and ``labels`` (int64 [N]); row i is test image i.
+predictions.npz holds ``logits`` (float32 [N, C]) and ``labels`` (int64 [N]); row i is test image i;
+``logits_tta`` (float32 [N, C]) are flip test-time augmentation's: the mean of the logits of each
+image and of its mirror image. metrics.json also gives ``last10_test_acc``, the mean test accuracy
+of the selected model over the run's last 10 epochs (no epoch picked by its test score).
 metrics.json records which model this is (recipe, seed, selected epoch, how it was made). Every
 number computed from the predictions (accuracy, F1, calibration, ...) is CPU analysis (report.py and
 the other analysis rules), so that this GPU job depends only on the code that runs the model.
@@ -40,8 +43,9 @@ def main(argv=None):
     model, ckpt = checkpoint.load_model(a.checkpoint, device=device, class_names=fine_names,
                                         data_version=engine.data_version(ds))
     # fp32 logits (no autocast): every number after this file is computed from them.
-    logits = engine.predict(model, DeviceSplit(test.images, test.labels, device),
-                            engine.autocast_for(device, "fp32")).numpy().astype(np.float32)
+    split, amp = DeviceSplit(test.images, test.labels, device), engine.autocast_for(device, "fp32")
+    logits = engine.predict(model, split, amp).numpy().astype(np.float32)
+    logits_tta = engine.predict(model, split, amp, flip=True).numpy().astype(np.float32)
     labels = test.labels.astype(np.int64)
     metrics = {
         "n": int(len(labels)), "num_classes": len(fine_names), "selection": ckpt["selection"],
@@ -49,11 +53,13 @@ def main(argv=None):
         "selection_note": ("best_test picks the epoch with the best test accuracy, as the notebook does: "
                            "optimistic, the test set was used for model selection")
         if ckpt["selection"] == "best_test" else "",
+        "last10_test_acc": engine.last_epochs_accuracy(ckpt["history"], ckpt["recipe"])
+        if ckpt.get("history") else None,
         # How the result was made, so that a file found on disk a year later says so.
         "run_spec": ckpt.get("run_spec"), "training_provenance": ckpt.get("provenance"),
         "evaluation_provenance": provenance.provenance(device),
     }
-    write_npz(a.predictions, logits=logits, labels=labels)
+    write_npz(a.predictions, logits=logits, labels=labels, logits_tta=logits_tta)
     write_json(a.metrics, metrics)
     print(f"{ckpt['recipe_name']} seed {ckpt['seed']} (epoch {ckpt['epoch']}): logits of {len(labels)} test "
           f"images -> {a.predictions}")

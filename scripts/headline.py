@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The headline numbers as a reStructuredText fragment: the report's first page includes it.
+r"""The headline numbers as a reStructuredText fragment: the report's first page includes it.
 
     python scripts/headline.py --recipes-summary results/recipes_summary.csv \
         --runs results/baseline/seed0/summary.json results/baseline/seed1/summary.json \

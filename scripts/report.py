@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Per-class classification report, calibration (ECE, reliability diagram) and the run's summary.json.
+r"""Per-class classification report, calibration (ECE, reliability diagram) and the run's summary.json.
 
     python scripts/report.py --predictions results/baseline/seed0/predictions.npz \
         --metrics results/baseline/seed0/metrics.json --data-dir data --ece-bins 15 \
@@ -16,15 +16,17 @@ Writes the five files it is given:
   classification_report.txt   scikit-learn's printed report, with top-1, top-5 and ECE
   reliability_diagram.png     accuracy per confidence bin against the diagonal
   summary.json                everything in metrics.json plus macro/weighted precision, recall and
-                              F1, ECE, mean confidence and superclass numbers; the replicate
+                              F1, ECE, mean confidence and superclass numbers, and top1_tta and
+                              tta_gain (flip test-time augmentation, from logits_tta); the replicate
                               aggregation reads top1, top5, macro_f1 and ece from it
 """
 
 import argparse
-from cifar100 import config, data, metrics, plots, readers
+from cifar100 import config, metrics, plots, readers
 from cifar100.cli import positive_int, run_cli
 from cifar100.exceptions import DataError
 from cifar100.files import write_csv, write_json, write_text
+from cifar100.predictions import load_tta_logits, load_with_test_set
 
 REPORT_FIELDS = ["class_index", "class_name", "precision", "recall", "f1", "support"]
 
@@ -48,15 +50,13 @@ def parse_args(argv=None):
 def main(argv=None):
     a = parse_args(argv)
     run_metrics = readers.read_metrics(a.metrics)
-    test, fine_names, _, fine_to_coarse = data.load_test(a.data_dir)
-    logits, labels = metrics.load_predictions(a.predictions, test.labels, len(fine_names))
+    r = load_with_test_set(a.predictions, a.data_dir)
+    fine_names, fine_to_coarse, logits, labels = r.fine_names, r.fine_to_coarse, r.logits, r.labels
     if (run_metrics["n"], run_metrics["num_classes"]) != logits.shape:
         raise DataError(f"{a.metrics}: describes {run_metrics['n']} test images of {run_metrics['num_classes']} "
                         f"classes, but {a.predictions} holds {logits.shape[0]} of {logits.shape[1]}: "
                         "files of different runs")
-    probs = metrics.softmax(logits)
-    preds, confidence = probs.argmax(axis=1), probs.max(axis=1)
-    correct = preds == labels
+    preds, confidence, correct = r.preds, r.confidence, r.correct
 
     report = metrics.classification_report(labels, preds, fine_names)
     averages = [{"class_index": "", "class_name": name, **report[name]} for name in ("macro avg", "weighted avg")]
@@ -81,6 +81,10 @@ def main(argv=None):
         "superclass_top1": metrics.superclass_accuracy(labels, preds, fine_to_coarse),
         "semantic_share": metrics.semantic_share(labels, preds, fine_to_coarse),
     })
+    tta = load_tta_logits(a.predictions, logits)
+    if tta is not None:  # flip test-time augmentation, beside the plain evaluation so its gain shows
+        summary["top1_tta"] = metrics.topk_accuracy(tta, labels, 1)
+        summary["tta_gain"] = summary["top1_tta"] - summary["top1"]
     # The seed notebook's "expected results" block, key for key, so the two compare at a glance.
     # Best/worst class by per-class accuracy; every class tied at the extreme is listed.
     accuracy, _ = metrics.per_class_accuracy(metrics.confusion_matrix(labels, preds, len(fine_names)))

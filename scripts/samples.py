@@ -1,19 +1,23 @@
 #!/usr/bin/env python
-"""A grid of test images titled with true and predicted class and confidence (green right, red wrong).
+r"""A grid of test images titled with true and predicted class and confidence (green right, red wrong).
 
     python scripts/samples.py --predictions results/baseline/seed0/predictions.npz --data-dir data \
         --n 16 --figure results/baseline/seed0/samples.png
 
-The images are drawn at random (fixed --seed) so the grid shows typical cases, not just the
-first rows of the test file.
+The images are drawn at random (the same ones for every run) so the grid shows typical cases,
+not just the first rows of the test file.
 """
 
 import argparse
 
 import numpy as np
 
-from cifar100 import config, data, metrics, plots
+from cifar100 import config, plots
 from cifar100.cli import positive_int, run_cli
+from cifar100.predictions import load_with_test_set
+
+COLS = 8  # images per row
+SEED = 0  # of the random choice of images: the same test images in every run, so runs compare
 
 
 def parse_args(argv=None):
@@ -23,23 +27,19 @@ def parse_args(argv=None):
                    help="folder holding cifar-100-python/ (default: %(default)s)")
     p.add_argument("--n", type=positive_int, default=config.default("analysis", "samples"),
                    help="images to show, capped at the test set size (default: %(default)s)")
-    p.add_argument("--cols", type=positive_int, default=8, help="images per row (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random choice of images (default: %(default)s)")
     p.add_argument("--figure", required=True, help="figure to write, e.g. samples.png (required)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     a = parse_args(argv)
-    test, fine_names, _, _ = data.load_test(a.data_dir)
-    logits, labels = metrics.load_predictions(a.predictions, test.labels, len(fine_names))
-    probs = metrics.softmax(logits)
-    preds, confidence = probs.argmax(axis=1), probs.max(axis=1)
+    r = load_with_test_set(a.predictions, a.data_dir)
+    test, fine_names, labels, preds, confidence = r.test, r.fine_names, r.labels, r.preds, r.confidence
     n = min(a.n, len(labels))
-    idx = np.sort(np.random.default_rng(a.seed).choice(len(labels), size=n, replace=False))
+    idx = np.sort(np.random.default_rng(SEED).choice(len(labels), size=n, replace=False))
     fig = plots.samples_grid(test.images[idx], [fine_names[i] for i in labels[idx]],
                              [fine_names[i] for i in preds[idx]], confidence[idx],
-                             preds[idx] == labels[idx], cols=a.cols)
+                             preds[idx] == labels[idx], cols=COLS)
     plots.save(fig, a.figure)
     print(f"{a.figure}: {n} test images, {int((preds[idx] == labels[idx]).sum())} predicted correctly")
 

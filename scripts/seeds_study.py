@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""How far one recipe's seeds agree: churn, the ensemble of seeds, test-set noise, selection optimism.
+r"""How far one recipe's seeds agree: churn, the ensemble of seeds, test-set noise, selection optimism.
 
     python scripts/seeds_study.py --recipe baseline \
         --predictions results/baseline/seed{0,1,2}/predictions.npz \

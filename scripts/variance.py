@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Where seed-to-seed variance comes from: recipes that differ only in vary, side by side.
+r"""Where seed-to-seed variance comes from: recipes that differ only in vary, side by side.
 
     python scripts/variance.py --summaries results/*/seed*/summary.json \
         --recipes-json '{"baseline": {..., "vary": "all"}, "baseline_init": {..., "vary": "init"}}' \

@@ -17,6 +17,7 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def ensure_chromium() -> str:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise RuntimeError("no chromium found; install it (apt-get install chromium) or run as root")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]
+    for cmd in (["apt-get", "update", "-qq"], install):
         p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
         if p.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr[-2000:]}")
@@ -92,8 +94,6 @@ class Chromium:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
     def _profile(self) -> str:
-        import tempfile
-
         self.profile = tempfile.mkdtemp(prefix="report-browser-")
         return self.profile
 
@@ -182,7 +182,7 @@ class Page:
 
     def info_tables(self, result_path: str) -> list[dict]:
         self.evaluate(SHOW_INFO % json.dumps(result_path))
-        self.wait("document.querySelector('#app nav') !== null")
+        self.wait("document.querySelector('#app nav') !== null", settle=1.0)  # the panel widens
         return self.evaluate(INFO_TABLES)
 
     def results(self) -> list[str]:

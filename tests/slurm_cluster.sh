@@ -12,15 +12,16 @@
 # SLURM_CONF included, before its inner `srun`, so the config must sit at the compiled-in path.
 #
 # Test-cluster-only choices: no slurmdbd (so no sacct: the test profile uses the squeue status command
-# and MinJobAge keeps finished jobs visible to squeue); the node advertises more CPUs and memory than
-# this machine has (config_overrides), so the production profile's requests fit unchanged on 2 cores.
+# and MinJobAge keeps finished jobs visible to squeue, and a QOS is recorded, not enforced). The node
+# is a small real one, 4 CPUs and 16 GB with node features a100 and skylake (config_overrides lets it
+# advertise more than a 2-core machine has): a job asking for more can never run, and sbatch refuses it.
 set -euo pipefail
 
 DIR=${SLURM_TEST_DIR:-/tmp/cifar100-slurm}
 GPU_TYPE=${SLURM_TEST_GPU_TYPE:-}          # e.g. a100: the GRES type the profile's gpu_model asks for
 NODE=${SLURM_TEST_NODE:-localnode}
-CPUS=${SLURM_TEST_CPUS:-16}
-MEM_MB=${SLURM_TEST_MEM_MB:-131072}
+CPUS=${SLURM_TEST_CPUS:-4}
+MEM_MB=${SLURM_TEST_MEM_MB:-16384}
 CTLD_PORT=${SLURM_TEST_CTLD_PORT:-6817}
 SLURMD_PORT=${SLURM_TEST_SLURMD_PORT:-6818}
 CONF=/etc/slurm/slurm.conf
@@ -88,7 +89,7 @@ SchedulerParameters=sched_interval=1
 # Listen on one address, never on every interface: slurmctld on SlurmctldHost's 127.0.0.1, slurmd
 # and srun on what this host's name resolves to (127.0.0.1 on most CI runners and containers).
 CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
-NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE CPUs=$CPUS RealMemory=$MEM_MB Gres=$gres State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE CPUs=$CPUS RealMemory=$MEM_MB Gres=$gres Features=a100,skylake State=UNKNOWN
 PartitionName=cpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$NODE Default=NO MaxTime=INFINITE State=UP
 EOF
@@ -99,8 +100,17 @@ EOF
 link_config() {
     mkdir -p /etc/slurm
     if [[ -e $CONF || -L $CONF ]]; then
-        [[ -L $CONF && $(readlink "$CONF") == "$DIR/slurm.conf" ]] && return 0
-        die "$CONF exists and is not this test cluster's symlink; refusing to replace it"
+        local target
+        target=$(readlink "$CONF" || true)
+        [[ $target == "$DIR/slurm.conf" ]] && return 0
+        if [[ -n $target ]] && head -n 1 "$target" 2>/dev/null | grep -q '^# Written by tests/slurm_cluster.sh'; then
+            die "$CONF points to another test cluster's config ($target), left running or by a killed run: stop it with" \
+                "'sudo SLURM_TEST_DIR=$(dirname "$target") $0 stop' (or remove the symlink if nothing runs), then start again"
+        fi
+        die "$CONF belongs to another Slurm installation on this machine; refusing to replace it. To free the" \
+            "machine for the tests: stop that cluster's daemons (systemctl stop slurmd slurmctld), move its" \
+            "config aside (sudo mv $CONF $CONF.site), run the tests, then move it back and restart them;" \
+            "or run the tests on a machine without a Slurm of its own"
     fi
     ln -s "$DIR/slurm.conf" "$CONF"
     ln -sfn "$DIR/gres.conf" /etc/slurm/gres.conf

@@ -349,3 +349,30 @@ def test_crop_offsets_stay_uniform_with_the_new_generator():
     offsets = epoch_plan(20_000, 128, 1, 0, 0).offsets.numpy()
     for axis in range(2):
         assert stats.chisquare(np.bincount(offsets[:, axis], minlength=2 * PAD + 1)).pvalue > P_MIN
+
+
+def test_the_report_gives_the_tta_accuracy_beside_the_plain_one(tmp_path):
+    import json
+
+    from cifar100 import data
+    from cifar100.files import write_json, write_npz
+    from helpers import load_script
+
+    data.write_synthetic(tmp_path / "data", train_size=50, test_size=40, num_classes=10, num_coarse=5, seed=0)
+    labels = data.load(tmp_path / "data").test.labels
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((40, 10)).astype(np.float32)
+    logits[np.arange(40), labels] += 1.0
+    tta = (logits + rng.standard_normal((40, 10))).astype(np.float32)
+    write_npz(tmp_path / "p.npz", logits=logits, labels=labels, logits_tta=tta)
+    write_json(tmp_path / "m.json", {"recipe": "r", "seed": 0, "n": 40, "num_classes": 10, "selection": "last",
+                                     "selected_epoch": 1})
+    out = {k: tmp_path / k for k in ("r.csv", "r.json", "r.txt", "rel.png", "s.json")}
+    load_script("report").main(["--predictions", str(tmp_path / "p.npz"), "--metrics", str(tmp_path / "m.json"),
+                                "--data-dir", str(tmp_path / "data"), "--report-csv", str(out["r.csv"]),
+                                "--report-json", str(out["r.json"]), "--report-txt", str(out["r.txt"]),
+                                "--reliability", str(out["rel.png"]), "--summary", str(out["s.json"])])
+    s = json.loads(out["s.json"].read_text())
+    assert s["top1"] == pytest.approx(np.mean(logits.argmax(1) == labels))
+    assert s["top1_tta"] == pytest.approx(np.mean(tta.argmax(1) == labels))
+    assert s["tta_gain"] == pytest.approx(s["top1_tta"] - s["top1"]) and s["top1_tta"] != s["top1"]

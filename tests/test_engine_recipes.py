@@ -108,3 +108,28 @@ def test_without_ema_the_history_leaves_its_columns_empty(tiny_data, tmp_path):
     row = _history(tmp_path / "history.csv")[0]
     assert row["ema_test_acc"] == "" and row["test_acc"] != ""
     assert checkpoint.load(tmp_path / "last.pt")["ema"] is None
+
+
+def test_evaluation_writes_flip_tta_logits_and_the_last_epochs_accuracy(tiny_data, tmp_path):
+    import json
+
+    import numpy as np
+
+    from helpers import load_script
+
+    spec = _spec(deterministic=False, epochs=3)
+    _run(tiny_data, tmp_path, spec)
+    load_script("evaluate").main(["--checkpoint", str(tmp_path / "model.pt"), "--data-dir", str(tiny_data),
+                                  "--predictions", str(tmp_path / "p.npz"), "--metrics", str(tmp_path / "m.json"),
+                                  "--device", "cpu"])
+    ds = data.load(tiny_data)
+    model, _ = checkpoint.load_model(tmp_path / "model.pt", device="cpu")
+    split = engine.DeviceSplit(ds.test.images, ds.test.labels, "cpu")
+    amp = engine.autocast_for(torch.device("cpu"), "fp32")
+    with np.load(tmp_path / "p.npz") as npz:
+        np.testing.assert_allclose(npz["logits_tta"], engine.predict(model, split, amp, flip=True).numpy(),
+                                   rtol=0, atol=1e-5)
+        np.testing.assert_allclose(npz["logits"], engine.predict(model, split, amp).numpy(), rtol=0, atol=1e-5)
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    history = _history(tmp_path / "history.csv")
+    assert metrics["last10_test_acc"] == pytest.approx(np.mean([float(r["test_acc"]) for r in history]))

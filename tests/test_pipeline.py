@@ -202,6 +202,13 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path):
     for key in ("data_ips", "train_ips", "eval_ips"):
         assert written["ratios"][key] == pytest.approx(written["project"][key] / written["reference"][key])
     assert set(written["targets"]) == {"data_ratio", "train_ratio", "eval_ratio"}
+    # Each recipe augmentation timed beside plain crop+flip, its extra time as a share of a step.
+    a = written["project"]
+    assert set(a["augmentations"]) == set(bench.AUGMENTATIONS)
+    for aug in a["augmentations"].values():
+        assert aug["data_ips"] > 0
+        assert aug["extra_us_per_image"] == pytest.approx(1e6 * (1 / aug["data_ips"] - 1 / a["augment_plain_ips"]))
+        assert aug["overhead_pct"] == pytest.approx(100 * aug["extra_us_per_image"] * 1e-6 * a["train_ips"])
     assert written["ratios"] == pytest.approx(results["ratios"])
 
 

@@ -1,20 +1,25 @@
 """The workflow on a real Slurm cluster, submitted through profiles/slurm as a user would.
 
-A one-node Slurm 22.05 (partitions cpu and gpu, one fake GPU) is started on 127.0.0.1 by
-tests/slurm_cluster.sh for this module and stopped at its end. Needs root (the daemons) and,
+A one-node Slurm 22.05 (partitions cpu and gpu, one fake GPU; a small real node of 4 CPUs and
+16 GB, so that a job asking for more fails) is started on 127.0.0.1 by tests/slurm_cluster.sh for
+this module and stopped at its end. Needs root (the daemons) and,
 on a machine without Slurm, apt-get (Debian's munge and slurm packages): without them the
 tests fail, they are not skipped.
 
-    python -m pytest -m slurm tests/test_slurm.py          # about 6 minutes on 2 idle cores
+    python -m pytest -m slurm tests/test_slurm.py          # about 8 minutes on 2 cores
 
-What is checked: how many jobs a 2-seed run submits and where each runs; that training stops
-ahead of its job's time limit by Slurm's own clock (no signal sent by the test), in a plain job
-and in a job array, is retried and resumes to the same weights as an uninterrupted run.
-The profile is used as shipped; tests/slurm_profile/ only switches conda off (no channels
-here) and adapts status checks to a cluster without an accounting database. The time-limit
-tests change two values of its train resources (runtime, checkpoint_margin_s) in a copy.
+What is checked: how many jobs a 2-seed run submits, where each runs and what each asked Slurm
+for; that training stops ahead of its job's time limit by Slurm's own clock (no signal sent by
+the test), in a plain job and in a job array, is retried and resumes to the same weights as an
+uninterrupted run; the profile's GRES, QOS, constraint and extra-option forms, read back from
+Slurm. The profile is used as shipped; tests/slurm_profile/ only adapts status checks to a
+cluster without an accounting database. The time-limit tests change two values of its train
+resources (runtime, checkpoint_margin_s) in a copy, chosen from the uninterrupted run's own
+timing so that the stop falls in the middle of training on a fast machine and a slow one alike.
 """
 
+import csv
+import math
 import os
 import re
 import socket
@@ -32,12 +37,13 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 CLUSTER = REPO / "tests" / "slurm_cluster.sh"
 PROFILE = REPO / "profiles" / "slurm"
 GPU_RULES = {"train", "evaluate", "gradcam"}
-ANALYSIS_RULES = {"samples", "curves", "confusion", "errors", "report"}
+ANALYSIS_RULES = {"samples", "curves", "confusion", "errors", "report", "gradcam_figures"}
 SEEDS = yaml.safe_load((REPO / "tests" / "slurm_tiny.yaml").read_text())["seeds"]
-# The time-limit tests: a first attempt of 1 minute that stops 35 s ahead of its end (25 s of
-# startup and training), then retries long enough to finish.
-SHORT_RUNTIME = "1 if attempt == 1 else 10"
-SHORT_MARGIN_S = 35
+# The issue's bounds: a run's analysis job at most 2 CPUs and 8 GB, the summary 4 CPUs and 16 GB.
+BOUNDS = {"analysis": (2, 8000), "summary": (4, 16000)}
+# The site forms the plain time-limit test submits with (the GRES as the test node has it).
+SITE_FORMS = {"GPU_GRES": "gpu:1", "GPU_QOS": "gpu_long", "GPU_CONSTRAINT": "a100|skylake",
+              "GPU_EXTRA": "--nice=10 --mail-type=FAIL"}
 
 
 def cluster(action: str, **env) -> subprocess.CompletedProcess:
@@ -55,7 +61,7 @@ def slurm():
     gpu_model = yaml.safe_load((PROFILE / "config.yaml").read_text())["__variables__"]["GPU_MODEL"]
     started = cluster("start", SLURM_TEST_GPU_TYPE=gpu_model or "")
     try:
-        if started.returncode != 0:
+        if started.returncode != 0:  # its last line says why, and how to free the machine
             pytest.fail(f"could not start the test Slurm cluster ({CLUSTER} start, exit {started.returncode}):\n"
                         f"{started.stdout}\n{started.stderr}")
         yield
@@ -64,15 +70,16 @@ def slurm():
         assert stopped.returncode == 0, f"stopping the test cluster failed:\n{stopped.stderr}"
 
 
-def snakemake_cmd(workdir: Path, *args, profile: Path = PROFILE) -> list[str]:
+def snakemake_cmd(workdir: Path, *args, profile: Path = PROFILE, more=()) -> list[str]:
+    profiles = [profile, *more, REPO / "tests" / "slurm_profile"]
     return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
             "--configfile", str(REPO / "tests" / "tiny.yaml"), str(REPO / "tests" / "slurm_tiny.yaml"),
-            "--profile", str(profile), "--profile", str(REPO / "tests" / "slurm_profile"), *map(str, args)]
+            *[a for p in profiles for a in ("--profile", str(p))], *map(str, args)]
 
 
-def run(workdir: Path, *args, profile: Path = PROFILE) -> str:
+def run(workdir: Path, *args, profile: Path = PROFILE, more=()) -> str:
     """Snakemake through the profile; returns its output, which it also keeps in workdir."""
-    p = subprocess.run(snakemake_cmd(workdir, *args, profile=profile), capture_output=True, text=True,
+    p = subprocess.run(snakemake_cmd(workdir, *args, profile=profile, more=more), capture_output=True, text=True,
                        timeout=900, cwd=REPO)
     log = p.stdout + p.stderr
     (workdir / "snakemake_test.log").write_text(log)
@@ -118,16 +125,46 @@ def test_every_output_exists_and_nothing_is_left_to_do(full_run):
 
 
 def test_a_two_seed_run_submits_nine_jobs(full_run):
-    # Per seed: train, evaluate and gradcam (GPU) and one job for its five analysis rules; then
-    # one job for everything that combines seeds. Without the profile's groups: 2 x 8 + 6 = 22.
+    # Per seed: train, evaluate and gradcam (GPU) and one job for its six analysis rules; then
+    # one job for everything that combines seeds. Without the profile's groups: 2 x 9 + 6 = 24.
     _, jobs, _ = full_run
     assert len(SEEDS) == 2
     kinds = sorted(j["kind"] for j in jobs)
     assert kinds == sorted([*GPU_RULES, "analysis"] * 2 + ["summary"]), [j.get("Comment") for j in jobs]
     assert len(jobs) == 9
-    # Each analysis job holds all five rules of one seed (the plugin's comment names the group).
+    # Each analysis job holds the rules of one seed (the plugin's comment names the group; it cuts
+    # long lists of rule names short with "...").
     comments = sorted(j["Comment"] for j in jobs if j["kind"] == "analysis")
-    assert comments == [f"rule_analysis_baseline_{s}_{'_'.join(sorted(ANALYSIS_RULES))}" for s in SEEDS]
+    assert [c.split("_")[2] for c in comments] == [str(s) for s in SEEDS], comments
+    names = "_".join(sorted(ANALYSIS_RULES))
+    assert all(names.startswith(c.split("_", 3)[3].removesuffix("...")) for c in comments), comments
+
+
+def requested(job: dict) -> tuple[int, int]:
+    """(CPUs, memory in MB) a job asked Slurm for, as Slurm recorded it."""
+    tres = dict(x.split("=", 1) for x in job["ReqTRES"].split(","))
+    mem = tres["mem"]
+    return int(tres["cpu"]), int(float(mem[:-1]) * (1024 if mem.endswith("G") else 1))
+
+
+def test_cpu_jobs_asked_for_what_their_work_needs(full_run):
+    # Read back from Slurm: the analysis of a run runs its rules two at a time, the summary four.
+    _, jobs, _ = full_run
+    for j in jobs:
+        if j["kind"] in BOUNDS:
+            cpus, mem = requested(j)
+            assert (cpus, mem) == BOUNDS[j["kind"]], (j["kind"], j["ReqTRES"])
+            assert j["JobState"] == "COMPLETED", j
+
+
+def test_the_test_node_is_small_so_an_over_request_fails(slurm):
+    node = subprocess.run(["scontrol", "-o", "show", "node"], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"\bCPUTot=4\b", node) and re.search(r"\bRealMemory=16384\b", node), node
+    # What the analysis group asked for before its rules were bounded: 5 CPUs, 20000 MB.
+    for extra in (["-c", "5"], ["-c", "2", "--mem", "20000"]):
+        p = subprocess.run(["sbatch", "--test-only", "-p", "cpu", *extra, "--wrap", "true"],
+                           capture_output=True, text=True)
+        assert p.returncode != 0 and "Requested node configuration is not available" in p.stderr, p.stderr
 
 
 def test_gpu_rules_ran_in_the_gpu_partition_with_a_gpu(full_run):
@@ -139,7 +176,7 @@ def test_gpu_rules_ran_in_the_gpu_partition_with_a_gpu(full_run):
         assert j.get("TresPerJob", "").startswith("gres:gpu") and j["TresPerJob"].endswith(":1"), j
         assert j["JobState"] == "COMPLETED", j
     # What the training process itself saw: Slurm's GPU binding and partition.
-    log = (workdir / "results/baseline/seed0/logs/train.log").read_text()
+    log = (run_dir(workdir, 0) / "logs/train.log").read_text()
     assert re.search(r"slurm job \d+: partition gpu, CUDA_VISIBLE_DEVICES=0\b", log), log
 
 
@@ -169,7 +206,7 @@ def test_cores_come_from_the_snakefile_and_no_signal_is_asked_for(full_run):
 def test_training_knows_its_time_limit(full_run):
     workdir, _, _ = full_run
     margin = yaml.safe_load((PROFILE / "config.yaml").read_text())["set-resources"]["train"]["checkpoint_margin_s"]
-    log = (workdir / "results/baseline/seed0/logs/train.log").read_text()
+    log = (run_dir(workdir, 0) / "logs/train.log").read_text()
     assert re.search(rf"slurm job \d+: time limit at [\d:]+; checkpointing and stopping {margin} s before it",
                      log), log
 
@@ -189,57 +226,107 @@ def test_the_test_cluster_listens_on_loopback_only(slurm):
     assert all(table == "/proc/net/tcp" and address == loopback for table, address, _ in listening), listening
 
 
+def run_dir(workdir: Path, seed: int) -> Path:
+    (model,) = workdir.glob(f"results/**/baseline/seed{seed}/model.pt")  # under the data's results root
+    return model.parent
+
+
 @pytest.fixture(scope="module")
-def short_profile(tmp_path_factory) -> Path:
-    """profiles/slurm with a 1-minute first training attempt that stops SHORT_MARGIN_S ahead."""
+def first_attempt(full_run) -> tuple[int, int]:
+    """(minutes, margin in s) of a first training attempt whose stop falls mid-training.
+
+    From the uninterrupted run on this machine: its job's elapsed time E and the seconds its
+    epochs took T (history.csv), so S = E - T is startup (and saving). The stop is placed at
+    S + T/2 after the job starts: on a fast machine and a slow one alike it leaves half the
+    training on either side, instead of a fixed time that a fast machine finishes within."""
+    workdir, jobs, _ = full_run
+    (train,) = [j for j in jobs if j["kind"] == "train" and j["Comment"].endswith("_0")]
+    elapsed = sum(int(x) * f for x, f in zip(train["RunTime"].split(":"), (3600, 60, 1)))
+    with open(run_dir(workdir, 0) / "history.csv", newline="") as f:
+        seconds = sum(float(row["seconds"]) for row in csv.DictReader(f))
+    assert seconds >= 4, f"training takes {seconds:.1f} s here: too short to stop in its middle; raise the " \
+                         "epochs of tests/slurm_tiny.yaml"
+    stop_after = elapsed - seconds + seconds / 2
+    minutes = math.ceil((stop_after + 5) / 60)  # the deadline must lie after startup
+    return minutes, round(minutes * 60 - stop_after)
+
+
+def short_profile(folder: Path, minutes: int, margin_s: int, **variables) -> Path:
+    """profiles/slurm with a first training attempt of ``minutes`` that stops ``margin_s`` ahead,
+    and the edit block's ``variables`` changed."""
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
-    profile["set-resources"]["train"].update(runtime=SHORT_RUNTIME, checkpoint_margin_s=SHORT_MARGIN_S)
-    folder = tmp_path_factory.mktemp("short_profile")
+    profile["__variables__"].update(variables)
+    profile["set-resources"]["train"].update(runtime=f"{minutes} if attempt == 1 else 10",
+                                             checkpoint_margin_s=margin_s)
+    folder.mkdir()
     (folder / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     return folder
 
 
-def assert_stopped_by_its_deadline_and_resumed(workdir: Path, seed: int, reference: Path):
-    """The first attempt stopped itself before its 1-minute limit, the next resumed, weights match."""
-    run_dir = workdir / f"results/baseline/seed{seed}"
-    attempts = (run_dir / "attempts.log").read_text()  # every attempt's lines (the rule log is emptied)
+def assert_stopped_by_its_deadline_and_resumed(workdir: Path, seed: int, reference: Path, first_attempt):
+    """The first attempt stopped itself before its limit, the next resumed, weights match."""
+    minutes, margin = first_attempt
+    folder = run_dir(workdir, seed)
+    attempts = (folder / "attempts.log").read_text()  # every attempt's lines (the rule log is emptied)
     job_ids = re.findall(r"slurm job (\d+): time limit at", attempts)
     assert len(job_ids) >= 2, attempts
     jobs = {j["JobId"]: j for j in jobs_in(workdir)}
     first, last = jobs[job_ids[0]], jobs[job_ids[-1]]
     # Stopped by train.py itself, not killed by Slurm: FAILED (exit 138 in the step), not TIMEOUT.
-    assert first["TimeLimit"] == "00:01:00" and first["JobState"] == "FAILED", first
+    assert first["TimeLimit"] == f"00:{minutes:02d}:00" and first["JobState"] == "FAILED", first
     assert last["JobState"] == "COMPLETED", last
-    assert re.search(rf"slurm job {job_ids[0]}: time limit in \d+ s, stopping {SHORT_MARGIN_S} s ahead", attempts)
-    assert "stopped: stopped by signal 10; resume checkpoint written" in attempts, (
-        "the deadline fired before training started (the machine was too slow to start within 25 s):\n"
-        + attempts)
+    assert re.search(rf"slurm job {job_ids[0]}: time limit in \d+ s, stopping {margin} s ahead", attempts)
+    assert "stopped: stopped by signal 10; resume checkpoint written" in attempts, attempts
     assert re.search(r"resuming from \S*last\.pt: epoch \d+, step \d+", attempts), attempts
-    ours, theirs = weights(run_dir / "model.pt"), weights(reference / f"results/baseline/seed{seed}/model.pt")
+    ours, theirs = weights(folder / "model.pt"), weights(run_dir(reference, seed) / "model.pt")
     assert ours.keys() == theirs.keys()
     different = [k for k in ours if not torch.equal(ours[k], theirs[k])]
     assert not different, f"resumed weights differ from the uninterrupted run in {different}"
 
 
-def test_a_plain_job_checkpoints_ahead_of_its_time_limit_and_resumes_bit_identical(full_run, short_profile,
-                                                                                     tmp_path):
-    reference, _, _ = full_run
-    workdir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def plain_run(full_run, first_attempt, tmp_path_factory):
+    """Seed 0's training alone, through the profile with a short first attempt and the site forms
+    of SITE_FORMS (GRES instead of --gpus, a QOS, a constraint, extra options)."""
+    folder = tmp_path_factory.mktemp("plain")
+    profile = short_profile(folder / "profile", *first_attempt, **SITE_FORMS)
+    workdir = folder / "run"
     workdir.mkdir()
-    run(workdir, "results/baseline/seed0/model.pt", profile=short_profile)
-    assert not any("ArrayJobId" in j for j in jobs_in(workdir))
-    assert_stopped_by_its_deadline_and_resumed(workdir, 0, reference)
+    run(workdir, "--until", "train", "--config", "seeds=[0]", profile=profile)
+    return workdir
 
 
-def test_array_tasks_checkpoint_ahead_of_their_time_limit_are_retried_and_resume(full_run, short_profile,
+def test_a_plain_job_checkpoints_ahead_of_its_time_limit_and_resumes_bit_identical(full_run, plain_run,
+                                                                                     first_attempt):
+    reference, _, _ = full_run
+    assert not any("ArrayJobId" in j for j in jobs_in(plain_run))
+    assert_stopped_by_its_deadline_and_resumed(plain_run, 0, reference, first_attempt)
+
+
+def test_gres_qos_constraint_and_extra_options_reach_slurm(plain_run):
+    trains = [j for j in jobs_in(plain_run) if j["kind"] == "train"]
+    assert len(trains) >= 2, trains
+    for j in trains:  # as Slurm recorded each attempt's request
+        assert j.get("TresPerNode") == "gres:gpu:1" and "TresPerJob" not in j, j  # --gres, not --gpus
+        assert j["Features"] == "a100|skylake" and j["Nice"] == "10" and j["MailType"] == "FAIL", j
+        # A QOS is accepted here, but without an accounting database Slurm keeps none (QOS=(null));
+        # tests/test_slurm_submit.py reads --qos from the sbatch call itself.
+        assert j["QOS"] in ("gpu_long", "(null)"), j
+    # The step got the GPU of the job's GRES (no --gpus on the inner srun).
+    log = (run_dir(plain_run, 0) / "attempts.log").read_text()
+    assert re.search(r"partition gpu, CUDA_VISIBLE_DEVICES=0\b", log), log
+
+
+def test_array_tasks_checkpoint_ahead_of_their_time_limit_are_retried_and_resume(full_run, first_attempt,
                                                                                  tmp_path):
     reference, _, _ = full_run
+    minutes, _ = first_attempt
     workdir = tmp_path / "run"
     workdir.mkdir()
-    targets = [f"results/baseline/seed{s}/model.pt" for s in SEEDS]
-    run(workdir, "--slurm-array-jobs", "train", *targets, profile=short_profile)
+    profile = short_profile(tmp_path / "profile", *first_attempt)
+    run(workdir, "--slurm-array-jobs", "train", "--until", "train", profile=profile, more=[PROFILE / "arrays"])
     tasks = [j for j in jobs_in(workdir) if "ArrayJobId" in j]
     assert len(tasks) == len(SEEDS) and len({j["ArrayJobId"] for j in tasks}) == 1, tasks
-    assert all(j["TimeLimit"] == "00:01:00" and j["JobState"] == "FAILED" for j in tasks), tasks
+    assert all(j["TimeLimit"] == f"00:{minutes:02d}:00" and j["JobState"] == "FAILED" for j in tasks), tasks
     for seed in SEEDS:  # each failed task was resubmitted (retries) and resumed
-        assert_stopped_by_its_deadline_and_resumed(workdir, seed, reference)
+        assert_stopped_by_its_deadline_and_resumed(workdir, seed, reference, first_attempt)

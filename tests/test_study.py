@@ -551,7 +551,8 @@ def test_agreement_figure_shows_the_numbers(runs):
     assert shown == pytest.approx(expected, abs=0.051)
     heights = [p.get_height() for p in bars.patches]
     assert heights == list(np.bincount(correct.sum(axis=0), minlength=S + 1))
-    assert "observed" in bars.texts[0].get_text()
+    text = bars.texts[0].get_text()
+    assert "observed" in text and f"share of the variance {noise['predicted_share']:.2f} [" in text
     assert len(strip.collections[0].get_offsets()) == 4
     study_plots.plt.close(fig)
 

@@ -1,7 +1,7 @@
 """The tiny reproducibility study (tests/study.yaml: recipes a and b x 3 seeds, plus a_init and
-a_data) run once through Snakemake; every number of its tables recomputed here from the runs'
-predictions.npz, history.csv and summary.json with numpy/scipy, and every interval of a bounded
-quantity checked to lie in its range, in every file."""
+a_data, and the recipes other features add) run once through Snakemake; every number of its tables
+recomputed here from the runs' predictions.npz, history.csv and summary.json with numpy/scipy, and
+every interval of a bounded quantity checked to lie in its range, in every file."""
 
 import csv
 import json
@@ -17,24 +17,32 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from scipy import special, stats
 
-from helpers import REPO
+from helpers import REPO, results_root, workflow_outputs
 
 pytestmark = pytest.mark.slow
 
 SEEDS = (0, 1, 2)
-RECIPES = ("a", "b", "a_init", "a_data")
+# a, b, a_init, a_data and whatever else the study config runs (every table is checked for each)
+RECIPES = tuple(yaml.safe_load((REPO / "tests" / "study.yaml").read_text())["runs"])
 PER_RECIPE = ("churn.csv", "churn_per_class.csv", "ensemble.csv", "test_set_noise.csv", "selection_optimism.csv",
               "seeds_agreement.png", "seeds_summary.csv")
-ACROSS = ("results/recipe_differences.csv", "results/recipe_differences.png", "results/variance_sources.csv",
-          "results/variance_sources.png", "results/recipes_summary.csv", "results/headline.rst")
+ACROSS = ("recipe_differences.csv", "recipe_differences.png", "variance_sources.csv", "variance_sources.png",
+          "recipes_summary.csv", "headline.rst")
 # Every rule that reads the statistics code (cifar100/intervals.py): CPU analysis only.
 STUDY_RULES = {"aggregate", "compare", "headline", "seeds_study", "differences", "variance"}
 
 
-def targets():
-    return [f"results/{r}/{name}" for r in RECIPES for name in PER_RECIPE] + list(ACROSS)
+def targets(workflow: Path, workdir: Path) -> list[str]:
+    """The study's files among the workflow's outputs, as Snakemake lists them (under the results
+    root of the synthetic data: results/synthetic-<key>/)."""
+    every = workflow_outputs(workflow / "Snakefile", workdir, workflow / "tests" / "study.yaml")
+    names = {f"{r}/{n}" for r in RECIPES for n in PER_RECIPE} | set(ACROSS)
+    wanted = [f for f in every if any(f.endswith("/" + n) and f.count("/") == n.count("/") + 2 for n in names)]
+    assert len(wanted) == len(names), sorted(set(names) - {f.split("/", 2)[-1] for f in wanted})
+    return wanted
 
 
 def snakemake(workflow: Path, workdir: Path, *args):
@@ -55,7 +63,8 @@ def study_run(tmp_path_factory):
     shutil.copytree(REPO, workflow, ignore=shutil.ignore_patterns(
         ".git", "results", "data", ".snakemake", "__pycache__", "*.egg-info", ".pytest_cache"))
     # Deterministic CPU training uses one thread: two trainings at once on two cores.
-    snakemake(workflow, workdir, *targets(), "--cores", "2", "--set-threads", "train=1", "evaluate=1")
+    snakemake(workflow, workdir, *targets(workflow, workdir), "--cores", "2", "--set-threads", "train=1",
+              "evaluate=1")
     return workflow, workdir
 
 
@@ -75,17 +84,17 @@ def close(cell, expected, tol=1e-9):
 
 
 def predictions(wd, recipe):
-    files = [np.load(wd / f"results/{recipe}/seed{s}/predictions.npz") for s in SEEDS]
+    files = [np.load(results_root(wd) / f"{recipe}/seed{s}/predictions.npz") for s in SEEDS]
     return np.stack([f["logits"].astype(np.float64) for f in files]), files[0]["labels"]
 
 
 def top1(wd, recipe) -> list[float]:
-    return [json.loads((wd / f"results/{recipe}/seed{s}/summary.json").read_text())["top1"] for s in SEEDS]
+    return [json.loads((results_root(wd) / f"{recipe}/seed{s}/summary.json").read_text())["top1"] for s in SEEDS]
 
 
 def test_every_study_output_exists(study_run):
-    _, wd = study_run
-    for name in targets():
+    workflow, wd = study_run
+    for name in targets(workflow, wd):
         assert (wd / name).is_file(), name
     assert not list(wd.rglob("*.tmp*")), "temp files left behind"
 
@@ -95,7 +104,7 @@ def test_churn_tables_match_the_predictions(study_run):
     for recipe in RECIPES:
         logits, labels = predictions(wd, recipe)
         preds = logits.argmax(axis=2)
-        rows = read_csv(wd / f"results/{recipe}/churn.csv")
+        rows = read_csv(results_root(wd) / f"{recipe}/churn.csv")
         pairs = [r for r in rows if r["row"] == "pair"]
         assert [(int(r["seed_a"]), int(r["seed_b"])) for r in pairs] == list(combinations(SEEDS, 2))
         churn = []
@@ -112,7 +121,7 @@ def test_churn_tables_match_the_predictions(study_run):
         assert close(mean["churn"], float(np.mean(churn))) and mean["n_pairs"] == "3" and mean["n_seeds"] == "3"
         assert close(mean["churn_ci95_low"], max(0.0, float(np.mean(churn) - half)))
         assert close(mean["churn_ci95_high"], min(1.0, float(np.mean(churn) + half)))
-        per_class = read_csv(wd / f"results/{recipe}/churn_per_class.csv")
+        per_class = read_csv(results_root(wd) / f"{recipe}/churn_per_class.csv")
         for r in per_class:
             m = labels == int(r["class_index"])
             assert int(r["n_images"]) == m.sum()
@@ -137,7 +146,7 @@ def test_ensemble_matches_the_mean_softmax(study_run):
         logits, labels = predictions(wd, recipe)
         probs = special.softmax(logits, axis=2)
         mean = probs.mean(axis=0)
-        (row,) = read_csv(wd / f"results/{recipe}/ensemble.csv")
+        (row,) = read_csv(results_root(wd) / f"{recipe}/ensemble.csv")
         bins = int(row["ece_bins"])
         assert close(row["ensemble_top1"], float(np.mean(mean.argmax(1) == labels)))
         assert close(row["ensemble_ece"], ece(mean.max(1), mean.argmax(1) == labels, bins), tol=1e-6)
@@ -158,7 +167,7 @@ def test_test_set_noise_matches_covariances_of_per_image_correctness(study_run):
         correct = (logits.argmax(axis=2) == labels).astype(float)
         cov = np.cov(correct.T)
         n = correct.shape[1]
-        (row,) = read_csv(wd / f"results/{recipe}/test_set_noise.csv")
+        (row,) = read_csv(results_root(wd) / f"{recipe}/test_set_noise.csv")
         assert close(row["observed_var"], float(np.var(correct.mean(axis=1), ddof=1)))
         assert close(row["predicted_var"], float(np.trace(cov) / n**2))
         assert close(row["excess_var"], float((cov.sum() - np.trace(cov)) / n**2))
@@ -172,10 +181,10 @@ def test_test_set_noise_matches_covariances_of_per_image_correctness(study_run):
 def test_selection_optimism_matches_history(study_run):
     _, wd = study_run
     for recipe in RECIPES:
-        acc = [np.array([float(r["test_acc"]) for r in read_csv(wd / f"results/{recipe}/seed{s}/history.csv")])
+        acc = [np.array([float(r["test_acc"]) for r in read_csv(results_root(wd) / f"{recipe}/seed{s}/history.csv")])
                for s in SEEDS]
         opt = np.array([a.max() - a[-1] for a in acc])
-        rows = read_csv(wd / f"results/{recipe}/selection_optimism.csv")
+        rows = read_csv(results_root(wd) / f"{recipe}/selection_optimism.csv")
         seeds = [r for r in rows if r["row"] == "seed"]
         assert [close(r["optimism"], float(o)) for r, o in zip(seeds, opt)] == [True] * len(SEEDS)
         stat = {r["row"]: r for r in rows}
@@ -186,12 +195,12 @@ def test_selection_optimism_matches_history(study_run):
         half = stats.t.ppf(0.975, 2) * np.std(last, ddof=1) / math.sqrt(3)
         assert close(stat["ci95_high"]["last_test_acc"], min(1.0, float(last.mean() + half)))
         # computed in this one rule: seeds_summary.csv has no column for it
-        assert "best_minus_last_test_acc" not in read_csv(wd / f"results/{recipe}/seeds_summary.csv")[0]
+        assert "best_minus_last_test_acc" not in read_csv(results_root(wd) / f"{recipe}/seeds_summary.csv")[0]
 
 
 def test_differences_match_scipy(study_run):
     _, wd = study_run
-    rows = {r["metric"]: r for r in read_csv(wd / "results/recipe_differences.csv")
+    rows = {r["metric"]: r for r in read_csv(results_root(wd) / "recipe_differences.csv")
             if (r["recipe_a"], r["recipe_b"]) == ("a", "b")}
     assert set(rows) == {"top1", "top5", "macro_f1", "ece"}
     xa, xb = np.array(top1(wd, "a")), np.array(top1(wd, "b"))
@@ -238,7 +247,7 @@ def test_differences_match_scipy(study_run):
 
 def test_variance_sources_match_numpy_and_scipy(study_run):
     _, wd = study_run
-    rows = {r["recipe"]: r for r in read_csv(wd / "results/variance_sources.csv") if r["metric"] == "top1"}
+    rows = {r["recipe"]: r for r in read_csv(results_root(wd) / "variance_sources.csv") if r["metric"] == "top1"}
     assert set(rows) == {"a", "a_init", "a_data"}  # b differs from a in lr: no family
     assert [rows[k]["vary"] for k in ("a", "a_init", "a_data")] == ["all", "init", "data"]
     va = np.var(top1(wd, "a"), ddof=1)
@@ -265,11 +274,11 @@ def test_no_run_of_a_one_source_recipe_is_a_run_of_the_vary_all_recipe(study_run
 
 def test_recipe_summary_and_headline_give_churn_and_ensemble_gain(study_run):
     _, wd = study_run
-    summary = {r["recipe"]: r for r in read_csv(wd / "results/recipes_summary.csv")}
-    headline = (wd / "results/headline.rst").read_text()
+    summary = {r["recipe"]: r for r in read_csv(results_root(wd) / "recipes_summary.csv")}
+    headline = (results_root(wd) / "headline.rst").read_text()
     for recipe in RECIPES:
-        (mean,) = [r for r in read_csv(wd / f"results/{recipe}/churn.csv") if r["row"] == "mean"]
-        (ens,) = read_csv(wd / f"results/{recipe}/ensemble.csv")
+        (mean,) = [r for r in read_csv(results_root(wd) / f"{recipe}/churn.csv") if r["row"] == "mean"]
+        (ens,) = read_csv(results_root(wd) / f"{recipe}/ensemble.csv")
         row = summary[recipe]
         assert (row["churn_mean"], row["churn_ci95_low"], row["churn_ci95_high"], row["churn_n_pairs"]) == (
             mean["churn"], mean["churn_ci95_low"], mean["churn_ci95_high"], mean["n_pairs"])
@@ -285,34 +294,35 @@ def test_every_interval_of_a_bounded_quantity_lies_in_its_range(study_run):
     """One convention in every file: a metric's mean and its interval in [0, 1], a difference in
     [-1, 1], a metric's sd at most 0.5, a share of images (churn) in [0, 1]."""
     _, wd = study_run
+    root = results_root(wd)
 
     def inside(cells, low, high):
         values = [num(c) for c in cells if c != ""]
         assert values and all(low <= v <= high for v in values), (low, high, values)
 
     for recipe in RECIPES:
-        stat = [r for r in read_csv(wd / f"results/{recipe}/seeds_summary.csv") if r["row"].startswith("ci95_")]
+        stat = [r for r in read_csv(root / f"{recipe}/seeds_summary.csv") if r["row"].startswith("ci95_")]
         inside([r[m] for r in stat for m in ("top1", "top5", "macro_f1", "ece")], 0, 1)
-        opt = [r for r in read_csv(wd / f"results/{recipe}/selection_optimism.csv") if r["row"].startswith("ci95")]
+        opt = [r for r in read_csv(root / f"{recipe}/selection_optimism.csv") if r["row"].startswith("ci95")]
         inside([r[c] for r in opt for c in ("best_test_acc", "last_test_acc", "optimism")], 0, 1)
-        churn = read_csv(wd / f"results/{recipe}/churn.csv")
+        churn = read_csv(root / f"{recipe}/churn.csv")
         inside([r[c] for r in churn for c in ("churn", "churn_ci95_low", "churn_ci95_high")], 0, 1)
-        (noise,) = read_csv(wd / f"results/{recipe}/test_set_noise.csv")
+        (noise,) = read_csv(root / f"{recipe}/test_set_noise.csv")
         inside([noise["observed_var_ci_low"], noise["observed_var_ci_high"]], 0, 0.25)
-    summary = read_csv(wd / "results/recipes_summary.csv")
+    summary = read_csv(root / "recipes_summary.csv")
     inside([r[f"{m}_ci95_{e}"] for r in summary for m in ("top1", "top5", "macro_f1", "ece") for e in ("low", "high")],
            0, 1)
     inside([r[f"ensemble_top1_gain_ci95_{e}"] for r in summary for e in ("low", "high")], -1, 1)
-    diffs = read_csv(wd / "results/recipe_differences.csv")
+    diffs = read_csv(root / "recipe_differences.csv")
     inside([r[c] for r in diffs for c in ("ci95_low", "ci95_high")], -1, 1)
     inside([r[c] for r in diffs for c in r if c.startswith("p_a_beats_b")], 0, 1)
-    sources = read_csv(wd / "results/variance_sources.csv")
+    sources = read_csv(root / "variance_sources.csv")
     inside([r[c] for r in sources for c in ("sd_ci_low", "sd_ci_high")], 0, 0.5)
     inside([r[c] for r in sources for c in ("var_ci_low", "var_ci_high")], 0, 0.25)
 
 
 def planned(workflow, workdir) -> dict:
-    out = snakemake(workflow, workdir, "-n", *targets()).stdout
+    out = snakemake(workflow, workdir, "-n", *targets(workflow, workdir)).stdout
     if "Nothing to be done" in out:
         return {}
     table = out.split("Job stats:", 1)[1].split("total", 1)[0]

@@ -105,14 +105,12 @@ def test_evaluate_writes_predictions_and_metrics(tiny_data, tmp_path):
     assert pred["labels"].dtype == np.int64
     assert np.array_equal(pred["labels"], data.load(tiny_data).test.labels)
     m = json.loads((run / "metrics.json").read_text())
-    assert m["top1"] == pytest.approx(float((pred["logits"].argmax(1) == pred["labels"]).mean()))
-    top5 = np.argsort(-pred["logits"], axis=1)[:, :5]
-    assert m["top5"] == pytest.approx(float((top5 == pred["labels"][:, None]).any(1).mean()))
-    assert 0 <= m["top1"] <= m["top5"] <= 1
     assert {k: m[k] for k in ("n", "num_classes", "selection", "recipe", "seed")} == {
         "n": 100, "num_classes": 10, "selection": "best_test", "recipe": "baseline", "seed": 0}
-    # the checkpoint's test accuracy at the selected epoch is what evaluation finds again
-    assert m["top1"] == pytest.approx(torch.load(run / "model.pt", weights_only=True)["metrics"]["test_acc"])
+    assert not {"top1", "top5", "loss"} & set(m)  # statistics are CPU analysis (report.py), not this GPU job
+    # the checkpoint's test accuracy at the selected epoch is what the predictions give again
+    top1 = float((pred["logits"].argmax(1) == pred["labels"]).mean())
+    assert top1 == pytest.approx(torch.load(run / "model.pt", weights_only=True)["metrics"]["test_acc"])
 
 
 def test_a_dataset_with_other_classes_trains_and_evaluates(tmp_path):

@@ -1,7 +1,8 @@
 """The whole DAG on the tiny config, run by Snakemake as a user would, and what reruns after an edit.
 
-The shared run lives in folders whose names hold a space and non-ASCII letters, and its data_dir
-holds shell syntax (`$(...)`, backticks, `;`): nothing of it may run, and every rule must still work.
+The shared run lives in folders whose names hold a space and non-ASCII letters, and so does its
+data_dir: every rule must still work. A data_dir holding shell syntax (`$(...)`, backticks, `;`)
+is refused in one line before any job, and nothing of it runs.
 """
 
 import os
@@ -25,7 +26,9 @@ pytestmark = pytest.mark.slow
 GPU_RULES = {"train", "evaluate", "gradcam"}  # the rules that run the model
 ANALYSIS_RULES = {"samples", "curves", "confusion", "errors", "report", "gradcam_figures", "aggregate", "compare",
                   "headline", "seeds_study", "differences", "variance"}
-# A data_dir a careless (or hostile) config could hold: every piece of shell syntax in it must stay text.
+# A data_dir with spaces, non-ASCII letters and brackets: allowed, and every rule must handle it.
+ODD_DATA_DIR = "data dir ü (x)"
+# A data_dir a careless (or hostile) config could hold: refused before any job, nothing of it runs.
 HOSTILE_DATA_DIR = "data dir ü; $(touch pwned-dollar) `touch pwned-backtick` && touch pwned-and"
 MARKERS = ("pwned-dollar", "pwned-backtick", "pwned-and")
 
@@ -56,7 +59,7 @@ def run(tmp_path_factory):
     workflow, workdir = root / "work flow", root / "run dir é"
     shutil.copytree(REPO, workflow, ignore=shutil.ignore_patterns(
         ".git", "results", "data", ".snakemake", "__pycache__", "*.egg-info", ".pytest_cache", ".gpu_wheels"))
-    (root / "odd.yaml").write_text(f"data_dir: '{HOSTILE_DATA_DIR}'\n")
+    (root / "odd.yaml").write_text(f"data_dir: '{ODD_DATA_DIR}'\n")
     snakemake(workflow, workdir, "--cores", "2")
     return workflow, workdir
 
@@ -88,6 +91,9 @@ def test_readme_outputs_tables_name_every_output(expected):
 
 def test_config_text_never_runs_as_a_command(run):
     workflow, wd = run
+    p = snakemake(workflow, wd, "--cores", "1", "--config", f"data_dir={HOSTILE_DATA_DIR}", check=False)
+    refusal = [line for line in (p.stdout + p.stderr).splitlines() if line.startswith("config key data_dir: ")]
+    assert p.returncode != 0 and len(refusal) == 1 and "holds shell syntax" in refusal[0], p.stderr[-2000:]
     for marker in MARKERS:
         assert not list(workflow.parent.rglob(marker)), f"{marker}: a config value ran as shell code"
         assert not Path(marker).exists()
@@ -95,7 +101,7 @@ def test_config_text_never_runs_as_a_command(run):
 
 def test_synthetic_data_lives_in_its_own_folder(run):
     _, wd = run
-    data_dir = wd / HOSTILE_DATA_DIR
+    data_dir = wd / ODD_DATA_DIR
     (synthetic,) = data_dir.glob("synthetic-*")
     assert (synthetic / "cifar-100-python" / "meta").is_file()
     assert not (data_dir / "cifar-100-python").exists(), "synthetic data where real CIFAR-100 lives"
@@ -246,13 +252,13 @@ def test_switching_to_real_data_offline_fails_cleanly_and_keeps_the_synthetic_se
         return {p: p.stat().st_mtime_ns for p in (wd / "results").rglob("*") if p.is_file() and "logs" not in p.parts}
 
     before = results()
-    synthetic = next((wd / HOSTILE_DATA_DIR).glob("synthetic-*"))
+    synthetic = next((wd / ODD_DATA_DIR).glob("synthetic-*"))
     p = snakemake(workflow, wd, "--cores", "1", "--config", "dataset=cifar100", check=False)
     assert p.returncode != 0
     log = (wd / "results/logs/dataset.log").read_text()
     assert "cannot download CIFAR-100" in log and log.count("\n") == 1
     assert (synthetic / "cifar-100-python" / "train").is_file()
-    assert not (wd / HOSTILE_DATA_DIR / "cifar-100-python").exists()
+    assert not (wd / ODD_DATA_DIR / "cifar-100-python").exists()
     assert results() == before  # nothing deleted, rewritten or added
 
 

@@ -224,6 +224,8 @@ def load(path=REPO_CONFIG) -> dict:
         config = yaml.safe_load(path.read_text())
     except FileNotFoundError as e:
         raise ConfigError(f"{path}: config file not found") from e
+    except (OSError, UnicodeDecodeError) as e:  # a folder, unreadable, not text
+        raise ConfigError(f"{path}: cannot read the config file ({getattr(e, 'strerror', None) or e})") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""

@@ -465,6 +465,10 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
+def _is_md5(value) -> bool:
+    return isinstance(value, str) and len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
 def content_version(data_dir, cache=None) -> str | None:
     """A name for the dataset's content: "cifar100-official" when the three files are the
     official ones (also before a download, which md5-checks them), else an md5 of the files.
@@ -477,14 +481,15 @@ def content_version(data_dir, cache=None) -> str | None:
     root = check_complete(data_dir)
     try:
         known = json.loads(Path(cache).read_text()) if cache and Path(cache).is_file() else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         known = {}
+    known = known if isinstance(known, dict) else {}
     sums, changed = {}, False
     for name in FILES:
         path = (root / name).resolve()
         st = path.stat()
         key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
-        if key not in known:
+        if not _is_md5(known.get(key)):  # absent, or a damaged cache entry: never trusted
             known[key], changed = _md5(path), True
         sums[name] = known[key]
     if cache and changed:

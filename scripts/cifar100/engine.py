@@ -3,9 +3,10 @@ and schedule, one epoch, the epoch loop with evaluation and model selection, pre
 checkpoints and exact resume.
 
 Resume contract: ``last.pt`` in the run folder (not a Snakemake output, so a failed job keeps
-it) holds a ``ResumeState``: model, optimiser, scheduler, history, best model and the position
-inside the epoch. Shuffling and augmentation come from a CPU generator seeded by (seed, epoch),
-so a resumed run replays exactly the batches it would have seen. With ``deterministic`` an
+it) holds a ``ResumeState``: model, optimiser, scheduler, the weights' moving average, history,
+best model and the position inside the epoch. Shuffling and augmentation (crop, flip, cutout,
+mixup, CutMix) come from two CPU generators seeded by (order seed, epoch) and (augment seed,
+epoch), so a resumed run replays exactly the batches it would have seen. With ``deterministic`` an
 interrupted run ends bit-identical to an uninterrupted one, whatever the core count, and a
 resume that could not be exact (another GPU model, torch version or training code) is refused.
 A ``last.pt`` marked complete rebuilds model.pt and history.csv in seconds, with no training.
@@ -562,6 +563,18 @@ def _show(value):
     return value[:12] if isinstance(value, str) and len(value) == 64 else value  # digests
 
 
+def differences(old: dict, new: dict, prefix: str = "") -> str:
+    """What differs between two fingerprints, key by key: "seed 0 -> 7, recipe.lr 0.05 -> 0.01"."""
+    out = []
+    for k, v in new.items():
+        was = old.get(k)
+        if isinstance(was, dict) and isinstance(v, dict):
+            out.append(differences(was, v, f"{prefix}{k}."))
+        elif was != v:
+            out.append(f"{prefix}{k} {_show(was)} -> {_show(v)}")
+    return ", ".join(o for o in out if o)
+
+
 def find_resume(path: Path, fingerprint: dict, now: dict, deterministic: bool, log) -> ResumeState | None:
     """The state in ``path`` if it belongs to this run; None to start over. An unreadable or
     incomplete file is set aside. A deterministic run refuses a resume that cannot be exact."""
@@ -571,9 +584,8 @@ def find_resume(path: Path, fingerprint: dict, now: dict, deterministic: bool, l
         raw = checkpoint.load(path)
         if raw.get("fingerprint") != fingerprint:
             old = raw.get("fingerprint") if isinstance(raw.get("fingerprint"), dict) else {}
-            differ = ", ".join(k for k in fingerprint if old.get(k) != fingerprint[k])
-            log(f"ignoring resume checkpoint {path}: made by another run (it differs in: {differ}); "
-                "training this one from scratch")
+            log(f"ignoring resume checkpoint {path}: made by another run (it differs in: "
+                f"{differences(old, fingerprint)}); training this one from scratch")
             return None
         state = ResumeState.from_dict(raw, path)
     except CheckpointError as e:  # torn, foreign or incomplete: keep it for inspection, start over

@@ -126,11 +126,18 @@ def noncentrality_interval(t_obs: float, df: float, level: float = LEVEL) -> tup
     def solve(p):
         f = lambda nc: stats.nct.cdf(t_obs, df, nc) - p  # noqa: E731
         lo, hi = t_obs - 10.0, t_obs + 10.0
-        while f(lo) < 0:
+        for _ in range(60):  # widen the bracket until the cdf crosses p on both sides
+            if not f(lo) < 0:
+                break
             lo -= 2 * (hi - lo)
-        while f(hi) > 0:
+        for _ in range(60):
+            if not f(hi) > 0:
+                break
             hi += 2 * (hi - lo)
-        return float(optimize.brentq(f, lo, hi, xtol=1e-10))
+        try:
+            return float(optimize.brentq(f, lo, hi, xtol=1e-10))
+        except (ValueError, RuntimeError):  # the cdf is NaN or flat out there: a t too large to invert
+            return math.nan
 
     q = quantile(level)
     return solve(q), solve(1 - q)

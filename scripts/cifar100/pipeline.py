@@ -18,6 +18,7 @@ order generator draws the shuffle, the augment generator every augmentation (cro
 flips, cutout squares, mixing lambdas, partners and boxes), so ``vary`` can fix either one and a
 resumed epoch replays the same batches. Per-image draws are indexed by image, not by position:
 with the augment seed fixed, an image gets the same crop, flip and square whatever the order.
+Mixing draws are per step (lambda, box, partner position), so a new order pairs other images.
 Crop offsets and flips are drawn first, so recipes that differ only in cutout or mixing share
 them for the same seed.
 """

@@ -1,10 +1,12 @@
 """predictions.npz, the hinge of the DAG: evaluate.py writes the test set's logits once (on a GPU
 node), every analysis and the Grad-CAM rule read them back through ``load_predictions``."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import data
 from .exceptions import DataError
 
 
@@ -59,3 +61,49 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     np.exp(z, out=z)
     z /= z.sum(axis=1, keepdims=True)
     return z
+
+
+def load_tta_logits(path, logits: np.ndarray) -> np.ndarray | None:
+    """``logits_tta`` of predictions.npz (flip test-time augmentation: the mean of the logits of each
+    test image and of its mirror image), checked against the file's plain ``logits``; None in a file
+    written without them. Raises DataError."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "logits_tta" not in npz.files:
+                return None
+            tta = npz["logits_tta"]
+    except Exception as e:
+        raise DataError(f"{path}: unreadable predictions, not a readable .npz file ({type(e).__name__}: {e})") from e
+    if tta.shape != logits.shape or not np.issubdtype(tta.dtype, np.floating) or not np.isfinite(tta).all():
+        raise DataError(f"{path}: 'logits_tta' must be finite floats shaped like 'logits' {logits.shape}, "
+                        f"found {tta.dtype} {tta.shape}")
+    return tta.astype(np.float32, copy=False)
+
+
+@dataclass
+class TestPredictions:
+    """The test set and a run's predictions on it, checked against each other: what every analysis
+    of one run starts from."""
+
+    test: data.Split
+    fine_names: list
+    coarse_names: list | None
+    fine_to_coarse: np.ndarray | None
+    logits: np.ndarray  # float32 [N, C]
+    labels: np.ndarray  # int64 [N], row i is test image i
+    probs: np.ndarray  # softmax of the logits
+    preds: np.ndarray  # predicted classes [N]
+    confidence: np.ndarray  # the predicted class's probability [N]
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.preds == self.labels
+
+
+def load_with_test_set(predictions, data_dir) -> TestPredictions:
+    """data_dir's test set and ``predictions`` (predictions.npz) read and checked together."""
+    test, fine_names, coarse_names, fine_to_coarse = data.load_test(data_dir)
+    logits, labels = load_predictions(predictions, test.labels, len(fine_names))
+    probs = softmax(logits)
+    return TestPredictions(test, fine_names, coarse_names, fine_to_coarse, logits, labels, probs,
+                           probs.argmax(axis=1), probs.max(axis=1))

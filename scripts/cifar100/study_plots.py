@@ -57,8 +57,9 @@ def churn_heatmap(matrix: np.ndarray, seeds, ax=None, mean: dict | None = None):
 
 
 def correctness_rates(rates: np.ndarray, n_seeds: int, noise: dict | None = None, ax=None):
-    """How many test images k of the n seeds get right, k = 0..n; ``noise`` (study.test_set_noise)
-    adds the observed and the predicted seed-to-seed sd of top-1 as text."""
+    """How many test images k of the n seeds get right, k = 0..n; ``noise``
+    (seed_agreement.test_set_noise) adds the observed and the predicted seed-to-seed sd of top-1 and
+    the predicted share of the variance with its interval as text."""
     fig, ax = _fig_ax(ax, (4.2, 3.2))
     k = np.rint(np.asarray(rates) * n_seeds).astype(int)
     counts = np.bincount(k, minlength=n_seeds + 1)
@@ -68,8 +69,12 @@ def correctness_rates(rates: np.ndarray, n_seeds: int, noise: dict | None = None
     ax.set_ylabel("test images")
     ax.set_title("per-image correctness across seeds", fontsize=10)
     if noise and _finite(noise.get("predicted_sd")):
+        share = ""
+        if _finite(noise.get("predicted_share")):
+            share = (f"\nshare of the variance {noise['predicted_share']:.2f}"
+                     f"{_interval_text(noise['predicted_share_ci_low'], noise['predicted_share_ci_high'], 1, '.2g')}")
         ax.text(0.02, 0.97, f"top-1 sd between seeds\nobserved {100 * noise['observed_sd']:.2f} pts\n"
-                f"as independent images {100 * noise['predicted_sd']:.2f} pts",
+                f"as independent images {100 * noise['predicted_sd']:.2f} pts{share}",
                 transform=ax.transAxes, va="top", fontsize=8, bbox={"fc": "white", "ec": "0.8", "alpha": 0.9})
     return fig
 
