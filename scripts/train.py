@@ -29,8 +29,8 @@ from cifar100.files import ensure_dir
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(cfg.REPO_CONFIG),
-                   help="config file with the recipes and run settings (default: %(default)s)")
+    p.add_argument("--config", help="config file with the recipes and run settings (default: the repository's "
+                   "config.yaml; none with --recipe-json, which gives the recipe: the schema's defaults fill in)")
     p.add_argument("--recipe", default="baseline", help="recipe name in the config (default: %(default)s)")
     p.add_argument("--recipe-json", help="the recipe itself as JSON; overrides the config's (default: none)")
     p.add_argument("--seed", type=seed, default=0, help="run seed, 0..2**32-1 (default: %(default)s)")
@@ -39,7 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--history", help="per-epoch CSV to write (default: history.csv beside the model)")
     p.add_argument("--selection", choices=["best_test", "last", "best_val"],
                    help="model selection (default: the config's selection)")
-    p.add_argument("--val-size", type=int, help="held-out images for best_val (default: the config's val_size)")
+    p.add_argument("--val-size", type=positive_int,
+                   help="held-out images for best_val (default: the config's val_size)")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction,
                    help="bit-reproducible, slower (default: the config's deterministic)")
     p.add_argument("--precision", choices=["bf16", "fp32"], help="CUDA autocast (default: the config's precision)")
@@ -54,8 +55,10 @@ def parse_args(argv=None):
 
 
 def resolve(a) -> tuple[dict, dict]:
-    """(run settings, recipe): the config file's, with defaults from the schema, under the flags."""
-    conf = cfg.load(a.config)
+    """(run settings, recipe), validated once: the flags over the config file (none when the Snakefile
+    passes the recipe as --recipe-json with every setting as a flag), defaults from the schema."""
+    config_file = a.config or (None if a.recipe_json is not None else cfg.REPO_CONFIG)
+    conf = cfg.read(config_file) if config_file else {}
     flags = {"data_dir": a.data_dir, "selection": a.selection, "val_size": a.val_size,
              "deterministic": a.deterministic, "precision": a.precision, "compile": a.compile}
     conf.update({k: v for k, v in flags.items() if v is not None})
@@ -64,13 +67,11 @@ def resolve(a) -> tuple[dict, dict]:
             recipe = json.loads(a.recipe_json)
         except json.JSONDecodeError as e:
             raise ConfigError(f"--recipe-json: not valid JSON ({e})") from e
-        conf["recipes"] = {**conf["recipes"], a.recipe: recipe}
-        conf["runs"] = [a.recipe]
-    elif a.recipe not in conf["recipes"]:
-        raise ConfigError(f"recipe {a.recipe!r} is not defined in {a.config}")
-    # The flags went in after the file was checked: check the combination once more.
-    cfg.validate_recipe(a.recipe, conf["recipes"][a.recipe])
-    cfg.check_combinations(conf)
+        conf["recipes"] = {**(conf.get("recipes") or {}), a.recipe: recipe}
+    elif a.recipe not in (conf.get("recipes") or {}):
+        raise ConfigError(f"recipe {a.recipe!r} is not defined in {config_file}")
+    conf.update(runs=[a.recipe], seeds=[a.seed], study={})  # this run only: its recipe, its seed
+    cfg.validate(conf)
     return conf, conf["recipes"][a.recipe]
 
 

@@ -61,8 +61,11 @@ FIGURE = """(() => {
 
 # Open a result's information panel (its caption) as a click on its information button does.
 SHOW_INFO = "app.showResultInfo(%s)"
-INFO_TABLES = """(() => [...document.querySelectorAll('#app nav table.docutils, #app nav .prose table')].map(
-  (t) => ({rows: t.rows.length, header: [...t.rows[0].cells].map((c) => c.textContent.trim())})))()"""
+INFO_TABLES = """(() => ({
+  nav_width: document.querySelector('#app nav').getBoundingClientRect().width,
+  tables: [...document.querySelectorAll('#app nav table.docutils, #app nav .prose table')].map(
+    (t) => ({rows: t.rows.length, header: [...t.rows[0].cells].map((c) => c.textContent.trim())})),
+}))()"""
 
 
 def ensure_chromium() -> str:
@@ -180,7 +183,7 @@ class Page:
         self.wait(f"({FIGURE}) !== null")
         return self.evaluate(FIGURE)
 
-    def info_tables(self, result_path: str) -> list[dict]:
+    def info_tables(self, result_path: str) -> dict:
         self.evaluate(SHOW_INFO % json.dumps(result_path))
         self.wait("document.querySelector('#app nav') !== null", settle=1.0)  # the panel widens
         return self.evaluate(INFO_TABLES)

@@ -300,8 +300,12 @@ def test_tables_show_as_tables(browser_facts):
     wd, facts = browser_facts
     for size, f in facts.items():
         assert f["tables"], size
-        for path, tables in f["tables"].items():
+        width = int(size.split("x")[0])
+        for path, info in f["tables"].items():
+            tables = info["tables"]
             assert tables and all(t["rows"] >= 2 for t in tables), (size, path, tables)
+            # the information panel keeps its half of the window beside a wide figure
+            assert info["nav_width"] >= 0.45 * width, (size, path, info["nav_width"])
             if path.endswith(".csv"):
                 with open(wd / path, newline="") as fh:
                     rows = list(csv.reader(fh))

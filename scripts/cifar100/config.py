@@ -219,6 +219,12 @@ def refuse_shell_syntax(config: dict, workdir, workflow_dir=None, configfiles=()
 
 
 def load(path=REPO_CONFIG) -> dict:
+    """The config file at ``path``, validated and completed with the schema's defaults."""
+    return validate(read(path))
+
+
+def read(path=REPO_CONFIG) -> dict:
+    """The config file at ``path`` as written (a mapping), not yet validated; one line if unreadable."""
     path = Path(path)
     try:
         config = yaml.safe_load(path.read_text())
@@ -232,4 +238,4 @@ def load(path=REPO_CONFIG) -> dict:
         raise ConfigError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', None) or e})") from e
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys")
-    return validate(config)
+    return config
