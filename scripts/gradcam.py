@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from cifar100 import cam, checkpoint, config, data, engine
-from cifar100.cli import run_cli
-from cifar100.exceptions import DataError
+from cifar100.cli import positive_int, run_cli
 from cifar100.files import write_npz
 from cifar100.pipeline import DeviceSplit
 from cifar100.predictions import load_predictions, softmax
@@ -39,7 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--predictions", required=True, help="predictions.npz written by evaluate.py (required)")
     p.add_argument("--data-dir", default=config.default("data_dir"),
                    help="folder holding cifar-100-python/ (default: %(default)s)")
-    p.add_argument("--n", type=int, default=config.default("analysis", "gradcam_images"),
+    p.add_argument("--n", type=positive_int, default=config.default("analysis", "gradcam_images"),
                    help="images per kind, correct and incorrect (default: %(default)s)")
     p.add_argument("--layer", choices=LAYERS, default=config.default("analysis", "gradcam_layer"),
                    help="target layer, also the layer re-initialised for the sanity check (default: %(default)s)")
@@ -50,8 +49,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     a = parse_args(argv)
-    if a.n < 0:
-        raise DataError(f"--n must be >= 0 (got {a.n})")
     ds = data.load(a.data_dir)
     test = ds.test
     device = engine.pick_device(a.device)

@@ -65,8 +65,8 @@ def resolve(a) -> tuple[dict, dict]:
     if a.recipe_json is not None:
         try:
             recipe = json.loads(a.recipe_json)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--recipe-json: not valid JSON ({e})") from e
+        except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested past Python's limit
+            raise ConfigError(f"--recipe-json: not valid JSON ({str(e) or 'nested too deeply'})") from e
         conf["recipes"] = {**(conf.get("recipes") or {}), a.recipe: recipe}
     elif a.recipe not in (conf.get("recipes") or {}):
         raise ConfigError(f"recipe {a.recipe!r} is not defined in {config_file}")

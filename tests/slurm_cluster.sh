@@ -12,7 +12,7 @@
 # SLURM_CONF included, before its inner `srun`, so the config must sit at the compiled-in path.
 #
 # Test-cluster-only choices: no slurmdbd (so no sacct: the test profile uses the squeue status command
-# and MinJobAge keeps finished jobs visible to squeue, and a QOS is recorded, not enforced). The node
+# and MinJobAge keeps finished jobs visible to squeue; a --qos is accepted but not kept). The node
 # is a small real one, 4 CPUs and 16 GB with node features a100 and skylake (config_overrides lets it
 # advertise more than a 2-core machine has): a job asking for more can never run, and sbatch refuses it.
 set -euo pipefail

@@ -59,6 +59,14 @@ def test_end_time_from_squeue_for_this_job():
     assert fake.calls == [["squeue", "--noheader", "--jobs", "42", "--format", "%e"]]
 
 
+def test_an_array_task_asks_for_itself_not_for_its_array():
+    # The first task's SLURM_JOB_ID is the array's id: squeue would list every task of the array.
+    fake = FakeSlurm("2031-05-04T03:02:01\n")
+    env = {"SLURM_JOB_ID": "20", "SLURM_ARRAY_JOB_ID": "20", "SLURM_ARRAY_TASK_ID": "1"}
+    assert deadline.job_end_time(env, fake) == datetime(2031, 5, 4, 3, 2, 1).timestamp()
+    assert fake.calls == [["squeue", "--noheader", "--jobs", "20_1", "--format", "%e"]]
+
+
 def test_end_time_falls_back_to_scontrol_when_squeue_fails():
     show = ("JobId=42 JobName=x\n   RunTime=00:00:05 TimeLimit=00:02:00\n"
             "   StartTime=2031-05-04T03:00:01 EndTime=2031-05-04T03:02:01 Deadline=N/A\n")

@@ -52,30 +52,7 @@ def test_deterministic_weights_do_not_depend_on_the_cores(tiny_data, tmp_path):
     assert checkpoint.load(tmp_path / "in" / "model.pt")["provenance"]["threads"] == engine.DETERMINISTIC_CPU_THREADS
 
 
-@pytest.mark.parametrize("vary, init_from, plan_from", [("all", 1, 1), ("init", 1, 0), ("data", 0, 1), ("none", 0, 0)])
-def test_vary_says_which_randomness_the_seed_drives(tiny_data, tmp_path, monkeypatch, vary, init_from, plan_from):
-    seen = {}
-    real_build, real_batches = engine.resnet18, engine.train_batches
-
-    def recording_model(*a, **kw):
-        model = real_build(*a, **kw)
-        seen["init"] = {k: v.clone() for k, v in model.state_dict().items()}
-        return model
-
-    def recording_batches(split, batch_size, seed, *a, **kw):
-        seen["plan_seed"] = seed
-        return real_batches(split, batch_size, seed, *a, **kw)
-
-    monkeypatch.setattr(engine, "resnet18", recording_model)
-    monkeypatch.setattr(engine, "train_batches", recording_batches)
-    inits = {}
-    for seed in (0, 1):
-        _run(tiny_data, tmp_path / str(seed), _spec(seed=seed, epochs=1, vary=vary))
-        inits[seed] = seen["init"]
-        assert seen["plan_seed"] == (plan_from if seed == 1 else 0)
-    assert _same(inits[0], inits[1]) == (init_from == 0)
-    if vary == "none":  # the seed only labels the replicate
-        assert _same(_weights(tmp_path / "0" / "model.pt"), _weights(tmp_path / "1" / "model.pt"))
+# Which randomness the seed drives (vary): tests/test_engine_recipes.py.
 
 
 def test_a_signal_during_the_last_epochs_evaluation_or_the_final_writes_still_finishes(tiny_data, tmp_path,
@@ -158,6 +135,7 @@ def test_a_resume_checkpoint_lacking_fields_is_kept_aside_and_training_starts_ov
     state = checkpoint.load(tmp_path / "last.pt")
     del state["optimizer"]
     checkpoint.save(tmp_path / "last.pt", {**state, "complete": False})
+    (tmp_path / "model.pt").unlink()  # else the finished model.pt is kept (test_run_identity.py)
     logs = []
     _run(tiny_data, tmp_path, spec, logs)
     aside = list(tmp_path.glob("last.pt.unreadable-*"))

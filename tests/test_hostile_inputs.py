@@ -486,3 +486,18 @@ def test_braces_in_data_dir_are_one_config_error_not_a_wildcard_error(tmp_path):
     assert p.returncode != 0 and "WildcardError" not in out and "Traceback" not in out
     assert f"config key data_dir: '{tmp_path}/d{{x}}' holds shell syntax ('{{}}')" in out
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda s, h: s.write_text(s.read_text().replace('"top1": 0.3', '"top1": 1.3')), "top1 1.31 is not a finite"),
+    (lambda s, h: (s.unlink(), s.mkdir()), "a folder, not a JSON file"),
+    (lambda s, h: h.write_bytes(h.read_bytes()[:-3]), "truncated (the last row does not end with a line break)"),
+])
+def test_aggregate_refuses_a_damaged_seed_file_in_one_line(tmp_path, damage, message):
+    runs = [_seed_files(tmp_path, seed, "AVX2") for seed in (0, 1)]
+    damage(runs[1][0], runs[1][1])
+    p = run_script("aggregate.py", "--summaries", *[r[0] for r in runs], "--histories", *[r[1] for r in runs],
+                   "--per-class", *[r[2] for r in runs], "--seeds-summary", tmp_path / "s.csv", "--seeds-per-class",
+                   tmp_path / "per_class.csv", "--curves", tmp_path / "curves.png", check=False)
+    assert message in _one_line_error(p, "aggregate.py")
+    assert not (tmp_path / "s.csv").exists()

@@ -27,8 +27,8 @@ from test_envs import third_party_imports
 
 README = (REPO / "README.md").read_text()
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-# What every fresh virtual environment holds before `pip install -e .`.
-VENV_BASE = {"pip", "setuptools"}
+# What every fresh virtual environment holds before `pip install -e .` (Python 3.12 and later: no setuptools).
+VENV_BASE = {"pip"}
 
 GUARD = '''\
 """Hide the modules named in UNDECLARED_MODULES, as if not installed (tests/test_readme.py)."""
@@ -110,12 +110,8 @@ def failed(p: subprocess.CompletedProcess, env: dict, wd: Path | None = None) ->
 
 
 def readme_blocks() -> list[str]:
-    """Every command line of the README's indented or fenced code blocks."""
-    lines = []
-    for line in README.splitlines():
-        if line.startswith("    ") and line.strip():
-            lines.append(line.strip())
-    return lines
+    """Every line of the README's (indented) code blocks."""
+    return [line.strip() for line in README.splitlines() if line.startswith("    ") and line.strip()]
 
 
 # ---- the README itself --------------------------------------------------------------------------

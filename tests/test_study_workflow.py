@@ -22,6 +22,8 @@ from scipy import special, stats
 
 from helpers import REPO, results_root, workflow_outputs
 
+from cifar100 import files
+
 pytestmark = pytest.mark.slow
 
 SEEDS = (0, 1, 2)
@@ -96,7 +98,7 @@ def test_every_study_output_exists(study_run):
     workflow, wd = study_run
     for name in targets(workflow, wd):
         assert (wd / name).is_file(), name
-    assert not list(wd.rglob("*.tmp*")), "temp files left behind"
+    assert not [p for p in wd.rglob(f"*{files.TEMP_MARKER}*") if files.is_temp_name(p.name)], "temp files left behind"
 
 
 def test_churn_tables_match_the_predictions(study_run):

@@ -59,13 +59,16 @@ def job_end_time(env=os.environ, run=_run) -> float | None:
 
     Slurm >= 23.02 exports SLURM_JOB_END_TIME to the batch script, but the executor plugin drops
     SLURM_* variables before running the rule, so squeue (then scontrol) are asked by job id.
-    In an array task SLURM_JOB_ID is the task's own id, so the same query fits both.
+    An array task is asked for as <array id>_<task id>: the first task's SLURM_JOB_ID is the
+    array's id, for which squeue lists every task, the pending ones (other end times) first.
     """
     job = env.get("SLURM_JOB_ID")
     if not job:
         return None
     if env.get("SLURM_JOB_END_TIME", "").isdigit():
         return float(env["SLURM_JOB_END_TIME"])
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
     out = run(["squeue", "--noheader", "--jobs", job, "--format", "%e"])
     if out and out.strip():
         return parse_end_time(out.splitlines()[0])

@@ -416,14 +416,14 @@ class EMA:
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
-        self._float = [(e, m) for e, m in pairs if e.is_floating_point()]
-        self._other = [(e, m) for e, m in pairs if not e.is_floating_point()]
+        self._ema = [e for e, _ in pairs if e.is_floating_point()]
+        self._now = [m for e, m in pairs if e.is_floating_point()]
+        self._counts = [(e, m) for e, m in pairs if not e.is_floating_point()]
 
     @torch.no_grad()
     def update(self) -> None:
-        ema, now = zip(*self._float)
-        torch._foreach_lerp_(list(ema), list(now), 1.0 - self.decay)  # one fused kernel per dtype/device
-        for e, m in self._other:
+        torch._foreach_lerp_(self._ema, self._now, 1.0 - self.decay)  # a few fused kernels, not one per tensor
+        for e, m in self._counts:
             e.copy_(m)
 
     def state_dict(self) -> dict:

@@ -46,7 +46,9 @@ def _text(obj: dict, key: str, path) -> str:
     return obj[key]
 
 
-def _object(path) -> dict:
+def read_object(path) -> dict:
+    """A JSON file holding an object; DataError naming the file otherwise (a folder, random
+    bytes, nesting too deep for the parser, a list)."""
     try:
         obj = read_json(path)
     except UserError as e:
@@ -83,23 +85,28 @@ def check_metrics(obj: dict, path, required=METRICS_KEYS) -> dict:
     for key in ("run_spec", "training_provenance", "evaluation_provenance"):
         if obj.get(key) is not None and not isinstance(obj[key], dict):
             raise DataError(f"{path}: {key} must be an object, found {type(obj[key]).__name__}")
-    for key in FRACTIONS:
-        if obj.get(key) is not None:
-            _number(obj[key], key, path, 0.0, 1.0)
+    check_fractions(obj, path)
     if obj.get("loss") is not None:
         _number(obj["loss"], "loss", path, 0.0)
     return obj
 
 
+def check_fractions(obj: dict, path) -> None:
+    """Every accuracy and share in ``obj`` (FRACTIONS, where present) a finite number in [0, 1]."""
+    for key in FRACTIONS:
+        if obj.get(key) is not None:
+            _number(obj[key], key, path, 0.0, 1.0)
+
+
 def read_metrics(path) -> dict:
     """metrics.json as written by evaluate.py; DataError on a file that does not hold it whole."""
-    return check_metrics(_object(path), path)
+    return check_metrics(read_object(path), path)
 
 
 def read_run_summary(path) -> dict:
     """summary.json as written by report.py: metrics.json's keys plus top1, top5, macro_f1 and ece
     in [0, 1] and the notebook block (best and worst class with their accuracies)."""
-    obj = check_metrics(_object(path), path, required=("selection", "selected_epoch", "recipe", "seed"))
+    obj = check_metrics(read_object(path), path, required=("selection", "selected_epoch", "recipe", "seed"))
     missing = [k for k in ("top1", "top5", "macro_f1", "ece", "notebook") if obj.get(k) is None]
     if missing:
         raise DataError(f"{path}: missing key {missing[0]!r} (not a summary.json written by report.py)")
@@ -122,17 +129,23 @@ def read_run_summary(path) -> dict:
 # --- history.csv (train.py) ----------------------------------------------------------------------
 
 HISTORY_REQUIRED = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
-# Column -> (low, high) of its values; val_* may be empty (no validation split).
-HISTORY_RANGES = {"lr": (0.0, math.inf), "train_loss": (0.0, math.inf), "test_loss": (0.0, math.inf),
-                  "val_loss": (0.0, math.inf), "train_acc": (0.0, 1.0), "test_acc": (0.0, 1.0),
-                  "val_acc": (0.0, 1.0), "seconds": (0.0, math.inf), "images_per_s": (0.0, math.inf)}
-HISTORY_OPTIONAL = ("val_loss", "val_acc")
 
 
-def read_csv(path, required) -> tuple[list[str], list[dict]]:
+def _history_range(column: str) -> tuple[float, float]:
+    """Accuracies lie in [0, 1]; losses, rates, times and throughputs are >= 0."""
+    return (0.0, 1.0) if column.endswith("_acc") else (0.0, math.inf)
+
+
+def _may_be_empty(column: str) -> bool:
+    """Columns of what a run may not have: a validation split (val_*), an EMA model (ema_*)."""
+    return column not in HISTORY_REQUIRED and column != "epoch"
+
+
+def read_csv(path, required, allow_empty: bool = False) -> tuple[list[str], list[dict]]:
     """(header, rows) of a CSV file this project wrote, whole: a regular UTF-8 file that ends
     with a line break (csv writes one after every row, so a file cut short does not), every row
-    with exactly the header's fields, the ``required`` columns present, at least one row."""
+    with exactly the header's fields, the ``required`` columns present, at least one row unless
+    ``allow_empty``."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -160,7 +173,7 @@ def read_csv(path, required) -> tuple[list[str], list[dict]]:
     for line, r in rows:
         if len(r) != len(header):
             raise DataError(f"{path}:{line}: {len(r)} fields where the header has {len(header)} (a damaged row)")
-    if not rows:
+    if not rows and not allow_empty:
         raise DataError(f"{path}: no rows")
     return header, [dict(zip(header, r)) for _, r in rows]
 
@@ -170,18 +183,18 @@ def read_history(path) -> dict[str, np.ndarray]:
     epochs 1, 2, ..., n, every value a finite number in its range."""
     header, rows = read_csv(path, HISTORY_REQUIRED)
     columns = {}
-    for name in [c for c in header if c in HISTORY_RANGES or c == "epoch"]:
+    for name in header:
         values = []
         for line, row in enumerate(rows, start=2):
             cell = row[name].strip()
-            if not cell and name in HISTORY_OPTIONAL:
+            if not cell and _may_be_empty(name):
                 values.append(math.nan)
                 continue
             try:
                 x = float(cell)
             except ValueError:
                 raise DataError(f"{path}:{line}: column {name!r} is not a number: {cell!r}") from None
-            low, high = HISTORY_RANGES.get(name, (1, math.inf))
+            low, high = (1.0, math.inf) if name == "epoch" else _history_range(name)
             if not (math.isfinite(x) and low <= x <= high):
                 raise DataError(f"{path}:{line}: column {name!r} holds {cell}, outside [{low:g}, {high:g}]")
             values.append(x)

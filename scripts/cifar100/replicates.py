@@ -11,13 +11,13 @@ per-recipe tables (seeds_summary.csv, churn.csv, ensemble.csv) live here too, so
 validates input the same way. Pure numpy/scipy: runs in the analysis env, which has no PyTorch.
 """
 
-import csv
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from . import readers
 from .exceptions import DataError
 from .intervals import LEVEL, UNIT, t_interval  # noqa: F401  (t_interval: the one used for a mean over seeds)
 from .intervals import method as interval_method
@@ -72,14 +72,7 @@ def _number(value, path, key) -> float:
 def read_summary(path) -> dict:
     """One seed's summary.json: recipe, seed and every metric in METRICS."""
     path = Path(path)
-    try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a JSON object")
+    obj = readers.read_object(path)  # a folder, random bytes, a list: one line
     missing = [k for k in ("recipe", "seed", *METRICS) if k not in obj]
     if missing:
         raise DataError(f"{path}: missing key {missing[0]!r}")
@@ -87,6 +80,7 @@ def read_summary(path) -> dict:
     if seed != int(seed):
         raise DataError(f"{path}: seed must be an integer, found {obj['seed']!r}")
     epoch = obj.get("selected_epoch")  # optional: marks the evaluated epoch on the seeds' curves
+    readers.check_fractions(obj, path)  # top1, top5, macro F1, ECE: finite, in [0, 1]
     return {"recipe": str(obj["recipe"]), "seed": int(seed),
             **{m: _number(obj[m], path, m) for m in METRICS},
             "selected_epoch": None if epoch is None else int(_number(epoch, path, "selected_epoch")),
@@ -94,22 +88,8 @@ def read_summary(path) -> dict:
 
 
 def _read_csv(path, required, allow_empty: bool = False) -> list[dict]:
-    path = Path(path)
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            fields = reader.fieldnames or []
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path}: not a readable CSV file ({e})") from None
-    missing = [c for c in required if c not in fields]
-    if missing:
-        raise DataError(f"{path}: missing column {missing[0]!r} (columns: {', '.join(fields) or 'none'})")
-    if not rows and not allow_empty:
-        raise DataError(f"{path}: no rows")
-    return rows
+    # Checked whole (readers.read_csv): a file cut short or a row missing fields is refused.
+    return readers.read_csv(path, required, allow_empty)[1]
 
 
 def read_history(path, column: str = "test_acc") -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ seed-to-seed spread; its summary says so. Each run's training provenance comes f
 through metrics.json into summary.json (``training_provenance``). Plain JSON: no torch.
 """
 
-from .readers import _object
+from .readers import read_object
 
 # What decides the arithmetic of a run on each kind of device (provenance.provenance's keys).
 CPU_KEYS = ("device_name", "cpu_capability", "threads", "torch")
@@ -48,4 +48,4 @@ def note(summaries: list[dict]) -> str:
 
 def note_of_files(paths) -> str:
     """``note`` of the summary.json files at ``paths``."""
-    return note([_object(p) for p in paths])
+    return note([read_object(p) for p in paths])
