@@ -133,8 +133,11 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 
 def test_readme_is_a_first_page_not_a_manual():
+    # About 150 lines of prose, plus the reruns table (one row per group of files) that a test checks.
+    table = README.split("<!-- reruns-table -->", 1)[-1].split("<!-- /reruns-table -->", 1)[0]
     lines = README.splitlines()
-    assert len(lines) <= 180, f"{len(lines)} lines: reference material belongs in --help, captions, comments"
+    assert len(lines) - table.count("\n") <= 170, f"{len(lines)} lines: reference material belongs in --help, " \
+        "captions, comments"
     assert not re.search(r"\b20\d\d-\d\d-\d\d\b", README), "a dated figure"
     for heading in ("## Cluster", "## Study statistics", "## Recipes", "## Outputs"):
         assert heading in README, heading

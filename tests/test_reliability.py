@@ -270,7 +270,10 @@ def test_repository_config_is_valid_and_baseline_is_the_notebook(config):
     assert config["recipes"]["baseline"] == {
         "epochs": 100, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
         "nesterov": False, "schedule": "step", "step_size": 30, "gamma": 0.1,
-        "label_smoothing": 0.0, "width": 64, "vary": "all"}  # vary: the one seed drives everything
+        "label_smoothing": 0.0, "width": 64, "vary": "all",  # vary: the one seed drives everything
+        # the schema's defaults of the newer keys: none of them on
+        "warmup_epochs": 0, "cutout": 0, "mixup": 0.0, "cutmix": 0.0, "cutmix_prob": 0.5, "ema_decay": 0.0,
+        "ema_model": False}
 
 
 # --- resume edge cases, in-process ------------------------------------------------------------
