@@ -18,13 +18,13 @@ resources (runtime, checkpoint_margin_s) in a copy, chosen from the uninterrupte
 timing so that the stop falls in the middle of training on a fast machine and a slow one alike.
 """
 
-import csv
 import math
 import os
 import re
 import socket
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -235,18 +235,26 @@ def run_dir(workdir: Path, seed: int) -> Path:
 def first_attempt(full_run) -> tuple[int, int]:
     """(minutes, margin in s) of a first training attempt whose stop falls mid-training.
 
-    From the uninterrupted run on this machine: its job's elapsed time E and the seconds its
-    epochs took T (history.csv), so S = E - T is startup (and saving). The stop is placed at
-    S + T/2 after the job starts: on a fast machine and a slow one alike it leaves half the
-    training on either side, instead of a fixed time that a fast machine finishes within."""
+    Measured on the uninterrupted run, on this machine: S, from its job's start to the training's
+    first log line, and T, from there to its last epoch (the lines are timestamped). The stop is
+    placed at S + T/2 after the job starts: on a fast machine and a slow one alike it leaves half
+    the training on either side, instead of a fixed time that a fast machine finishes within.
+    The shorter of the two seeds' S and T is used (the first job starts with cold caches)."""
     workdir, jobs, _ = full_run
-    (train,) = [j for j in jobs if j["kind"] == "train" and j["Comment"].endswith("_0")]
-    elapsed = sum(int(x) * f for x, f in zip(train["RunTime"].split(":"), (3600, 60, 1)))
-    with open(run_dir(workdir, 0) / "history.csv", newline="") as f:
-        seconds = sum(float(row["seconds"]) for row in csv.DictReader(f))
-    assert seconds >= 4, f"training takes {seconds:.1f} s here: too short to stop in its middle; raise the " \
-                         "epochs of tests/slurm_tiny.yaml"
-    stop_after = elapsed - seconds + seconds / 2
+    startup, training = [], []
+    for seed in SEEDS:
+        (job,) = [j for j in jobs if j["Comment"] == f"rule_train_wildcards_baseline_{seed}"]
+        lines = (run_dir(workdir, seed) / "attempts.log").read_text().splitlines()  # timestamped
+        stamps = [(datetime.fromisoformat(line[:19]).timestamp(), line[20:]) for line in lines
+                  if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line)]
+        epochs = [t for t, text in stamps if re.match(r"epoch \d+/\d+ ", text)]
+        assert stamps and epochs, lines
+        startup.append(stamps[0][0] - datetime.fromisoformat(job["StartTime"]).timestamp())
+        training.append(epochs[-1] - stamps[0][0])
+    s, t = min(startup), min(training)
+    assert t >= 6, f"training takes {t:.0f} s here: too short to stop in its middle; raise the epochs of " \
+                   "tests/slurm_tiny.yaml"
+    stop_after = s + t / 2
     minutes = math.ceil((stop_after + 5) / 60)  # the deadline must lie after startup
     return minutes, round(minutes * 60 - stop_after)
 
