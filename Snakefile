@@ -102,11 +102,6 @@ def code(name):
     return deps.package_modules(SCRIPTS / name, SCRIPTS / "cifar100")
 
 
-def model_code(names=deps.MODEL_CODE):
-    """A GPU rule's code: only the modules that decide the model's numbers (deps.MODEL_CODE)."""
-    return deps.model_code(names)
-
-
 def caption(name):
     return str(CAPTIONS / f"{name}.rst")
 
@@ -178,7 +173,7 @@ rule train:
     input:
         dataset=ancient(MANIFEST),
         script=script("train.py"),
-        code=model_code(),
+        code=deps.model_code(),
     output:
         model=update(f"{RUN}/model.pt"),
         history=f"{RUN}/history.csv",
@@ -215,7 +210,7 @@ rule evaluate:
         dataset=ancient(MANIFEST),
         checkpoint=rules.train.output.model,
         script=script("evaluate.py"),
-        code=model_code(),
+        code=deps.model_code(),
     output:
         predictions=f"{RUN}/predictions.npz",
         metrics=f"{RUN}/metrics.json",
@@ -410,7 +405,7 @@ rule gradcam:
         checkpoint=rules.train.output.model,
         predictions=rules.evaluate.output.predictions,
         script=script("gradcam.py"),
-        code=model_code(deps.GRADCAM_CODE),
+        code=deps.model_code(deps.GRADCAM_CODE),
     output:
         maps=f"{RUN}/gradcam_maps.npz",
     log:

@@ -86,6 +86,22 @@ def same_weights(a, b) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def preempt_then_resume(train, last_pt, monkeypatch, steps: int) -> dict:
+    """Run ``train()`` with a signal after its ``steps``-th SGD step (it checkpoints and raises
+    Preempted), then again to the end; returns the position last.pt held in between."""
+    import pytest
+
+    from cifar100 import checkpoint, engine
+
+    real_step = signal_after_steps(monkeypatch, steps)
+    with pytest.raises(engine.Preempted):
+        train()
+    position = checkpoint.load(last_pt)["position"]
+    monkeypatch.setattr(engine, "train_step", real_step)
+    train()
+    return position
+
+
 def signal_after_steps(monkeypatch, steps: int, signum=None):
     """Make training send itself SIGUSR1 (or ``signum``) right after its ``steps``-th SGD step."""
     import signal

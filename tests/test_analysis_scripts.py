@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
-from cifar100 import data, metrics, plots  # noqa: E402
+from cifar100 import data, metrics, plots, predictions  # noqa: E402
 from cifar100.cli import run_cli  # noqa: E402
 from cifar100.files import write_csv, write_json, write_npz  # noqa: E402
 from helpers import load_script  # noqa: E402
@@ -213,7 +213,7 @@ def test_confusion_pairs_csv(outputs, tiny_run):
 
 def test_errors_summary(outputs, tiny_run):
     s = json.loads((outputs / "errors.json").read_text())
-    p = metrics.softmax(tiny_run["logits"])
+    p = predictions.softmax(tiny_run["logits"])
     conf, correct = p.max(1), p.argmax(1) == tiny_run["labels"]
     assert s["mean_confidence_correct"] == pytest.approx(conf[correct].mean(), rel=1e-5)
     assert s["mean_confidence_wrong"] == pytest.approx(conf[~correct].mean(), rel=1e-5)

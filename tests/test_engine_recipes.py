@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cifar100 import checkpoint, data, engine
-from helpers import TINY_RECIPE, same_weights, signal_after_steps
+from helpers import TINY_RECIPE, preempt_then_resume, same_weights
 
 # TINY_RECIPE on tiny_data: 300 images in batches of 64, 5 steps per epoch, 2 epochs.
 RECIPES = {
@@ -40,12 +40,9 @@ def _history(path, drop=("seconds", "images_per_s")):
 def test_killed_mid_epoch_and_resumed_is_bit_identical(tiny_data, tmp_path, monkeypatch, name):
     spec = _spec(**RECIPES[name])
     _run(tiny_data, tmp_path / "clean", spec)
-    real_step = signal_after_steps(monkeypatch, 7)  # epoch 2, step 2 of 5
-    with pytest.raises(engine.Preempted):
-        _run(tiny_data, tmp_path / "run", spec)
-    assert checkpoint.load(tmp_path / "run" / "last.pt")["position"] == {"epoch": 2, "step": 2}
-    monkeypatch.setattr(engine, "train_step", real_step)
-    _run(tiny_data, tmp_path / "run", spec)
+    position = preempt_then_resume(lambda: _run(tiny_data, tmp_path / "run", spec), tmp_path / "run" / "last.pt",
+                                   monkeypatch, 7)
+    assert position == {"epoch": 2, "step": 2}  # epoch 2, step 2 of 5
     for name_ in ("model.pt", "last.pt"):  # the selected model, and the trained weights at the end
         assert same_weights(tmp_path / "run" / name_, tmp_path / "clean" / name_), name_
     assert _history(tmp_path / "run" / "history.csv") == _history(tmp_path / "clean" / "history.csv")

@@ -10,7 +10,7 @@ from sklearn import metrics as skm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from cifar100 import metrics  # noqa: E402
+from cifar100 import metrics, predictions  # noqa: E402
 from cifar100.exceptions import DataError  # noqa: E402
 from cifar100.files import write_npz  # noqa: E402
 
@@ -30,16 +30,16 @@ def generated(n=600, c=12, signal=2.0, seed=0, balanced=True):
 
 def test_softmax_matches_scipy_and_survives_large_logits():
     logits, _ = generated()
-    np.testing.assert_allclose(metrics.softmax(logits.copy()), scipy_softmax(logits, axis=1), rtol=1e-5)
+    np.testing.assert_allclose(predictions.softmax(logits.copy()), scipy_softmax(logits, axis=1), rtol=1e-5)
     big = np.array([[1000.0, 0.0, -1000.0]], dtype=np.float32)
-    p = metrics.softmax(big)
+    p = predictions.softmax(big)
     assert np.isfinite(p).all() and p[0, 0] == pytest.approx(1.0)
 
 
 def test_softmax_does_not_modify_its_input():
     logits, _ = generated()
     before = logits.copy()
-    metrics.softmax(logits)
+    predictions.softmax(logits)
     np.testing.assert_array_equal(logits, before)
 
 
@@ -241,7 +241,7 @@ def test_json_safe_turns_nan_into_null():
 def test_load_predictions_round_trip(tmp_path):
     logits, labels = generated()
     write_npz(tmp_path / "p.npz", logits=logits, labels=labels)
-    got_logits, got_labels = metrics.load_predictions(tmp_path / "p.npz", labels, 12)
+    got_logits, got_labels = predictions.load_predictions(tmp_path / "p.npz", labels, 12)
     np.testing.assert_array_equal(got_logits, logits)
     assert got_labels.dtype == np.int64
 
@@ -283,5 +283,5 @@ def test_load_predictions_errors(tmp_path, case, message):
             logits[3, 2] = np.nan
         write_npz(path, **arrays)
     with pytest.raises(DataError) as e:
-        metrics.load_predictions(path, labels, 12)
+        predictions.load_predictions(path, labels, 12)
     assert message in str(e.value) and "\n" not in str(e.value)

@@ -17,7 +17,7 @@ from cifar100 import checkpoint, data, engine
 from cifar100.config import load as load_config
 from cifar100.config import validate
 from cifar100.exceptions import ConfigError, Diverged, OutputError
-from helpers import Evil, REPO, SCRIPTS, TINY_RECIPE, run_script, same_weights, signal_after_steps, train_args
+from helpers import Evil, REPO, SCRIPTS, TINY_RECIPE, preempt_then_resume, run_script, same_weights, train_args
 
 LONG = {**TINY_RECIPE, "epochs": 6, "batch_size": 32}  # 10 steps per epoch on the tiny set
 
@@ -288,12 +288,9 @@ def _run(tiny_data, out, spec, logs=None):
 def test_preempted_mid_epoch_onecycle_resumes_with_exact_weights_and_history(tiny_data, tmp_path, monkeypatch):
     spec = _spec(schedule="onecycle", epochs=2, batch_size=32)  # lr changes every step
     _run(tiny_data, tmp_path / "clean", spec)
-    real_step = signal_after_steps(monkeypatch, 13)  # epoch 2, step 3 of 10
-    with pytest.raises(engine.Preempted):
-        _run(tiny_data, tmp_path / "run", spec)
-    assert checkpoint.load(tmp_path / "run" / "last.pt")["position"] == {"epoch": 2, "step": 3}
-    monkeypatch.setattr(engine, "train_step", real_step)
-    _run(tiny_data, tmp_path / "run", spec)
+    position = preempt_then_resume(lambda: _run(tiny_data, tmp_path / "run", spec), tmp_path / "run" / "last.pt",
+                                   monkeypatch, 13)
+    assert position == {"epoch": 2, "step": 3}  # epoch 2, step 3 of 10
     assert same_weights(tmp_path / "run" / "model.pt", tmp_path / "clean" / "model.pt")
     lr = [ln.split(",")[1] for ln in (tmp_path / "run" / "history.csv").read_text().splitlines()]
     assert lr == [ln.split(",")[1] for ln in (tmp_path / "clean" / "history.csv").read_text().splitlines()]

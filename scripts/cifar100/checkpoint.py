@@ -69,7 +69,8 @@ def load_model(path, num_classes: int | None = None, device="cpu", class_names: 
     if class_names is not None and list(ckpt.get("fine_names", class_names)) != list(class_names):
         raise CheckpointError(f"{path}: its class names differ from the dataset's")
     if data_version is not None:
-        trained_on = (ckpt.get("fingerprint") or {}).get("data") if isinstance(ckpt.get("fingerprint"), dict) else None
+        fingerprint = ckpt.get("fingerprint")
+        trained_on = fingerprint.get("data") if isinstance(fingerprint, dict) else None
         if trained_on != data_version:
             raise CheckpointError(
                 f"{path}: trained on other data ({trained_on or 'not recorded'}) than this dataset holds "

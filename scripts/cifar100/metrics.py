@@ -2,8 +2,6 @@
 
 Every function takes plain numpy arrays (logits, probabilities, labels, a confusion matrix) and
 returns arrays, floats or small dicts that ``plots`` draws and the scripts write to CSV/JSON.
-``load_predictions`` (predictions.py, shared with the Grad-CAM rule) is re-exported here for the
-analysis scripts.
 
 Conventions: ``labels`` are int64 true classes [N], ``preds`` predicted classes [N], a confusion
 matrix has true classes on rows and predictions on columns (as in scikit-learn), and a share or
@@ -15,7 +13,6 @@ import math
 import numpy as np
 import scipy.stats
 
-from .predictions import load_predictions, softmax  # noqa: F401  (used as metrics.*)
 
 ECE_BINS = 15  # Guo et al. 2017 use 15 equal-width bins; reliability diagrams in the literature too
 

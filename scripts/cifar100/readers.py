@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import schema
 from .exceptions import DataError, UserError
 from .files import read_json
 
-SELECTIONS = ("best_test", "last", "best_val")
+SELECTIONS = tuple(schema()["properties"]["selection"]["enum"])
 SEED_MAX = 2**32 - 1
 
 

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from . import intervals, metrics, replicates
+from . import intervals, metrics, predictions, replicates
 from .exceptions import DataError
 
 LEVEL = intervals.LEVEL
@@ -34,10 +34,10 @@ def stack_predictions(paths, labels: np.ndarray | None = None):
     with ``labels`` (the dataset's test labels) they are checked against the dataset too."""
     if not paths:
         raise DataError("no predictions given")
-    first_logits, first_labels = metrics.load_predictions(paths[0], labels)
+    first_logits, first_labels = predictions.load_predictions(paths[0], labels)
     logits = [first_logits]
     for p in paths[1:]:
-        logits.append(metrics.load_predictions(p, first_labels, first_logits.shape[1])[0])
+        logits.append(predictions.load_predictions(p, first_labels, first_logits.shape[1])[0])
     return np.stack(logits), first_labels
 
 
@@ -138,7 +138,7 @@ def ensemble(logits: np.ndarray, labels: np.ndarray, n_bins: int = metrics.ECE_B
     is an improvement). The top-1 and top-5 gains are means over test images of (ensemble right)
     minus (share of seeds right), so they get a paired t interval over the n_images images, cut
     to [-1, 1]: the test set's noise, with these seeds held fixed."""
-    probs = np.stack([metrics.softmax(lg.astype(np.float64)) for lg in logits])
+    probs = np.stack([predictions.softmax(lg.astype(np.float64)) for lg in logits])
     mean_probs = probs.mean(axis=0)
 
     def scores(p):
