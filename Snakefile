@@ -102,8 +102,18 @@ def code(name):
     return deps.package_modules(SCRIPTS / name, SCRIPTS / "cifar100")
 
 
-def caption(name):
-    return str(CAPTIONS / f"{name}.rst")
+PER_RUN = "{recipe} seed {seed}"
+PER_RECIPE = "{recipe}"
+
+
+def in_report(path, category, subcategory=None):
+    """A file shown in `snakemake --report`, captioned by scripts/captions/<its stem>.rst."""
+    return report(
+        path,
+        caption=str(CAPTIONS / f"{Path(path).stem}.rst"),
+        category=category,
+        subcategory=subcategory,
+    )
 
 
 def seeds_of(pattern):
@@ -237,12 +247,7 @@ rule samples:
         script=script("samples.py"),
         code=code("samples.py"),
     output:
-        figure=report(
-            f"{RUN}/samples.png",
-            caption=caption("samples"),
-            category="evaluation",
-            subcategory="{recipe} seed {seed}",
-        ),
+        figure=in_report(f"{RUN}/samples.png", "evaluation", PER_RUN),
     log:
         f"{RUN}/logs/samples.log",
     conda:
@@ -262,12 +267,7 @@ rule curves:
         script=script("curves.py"),
         code=code("curves.py"),
     output:
-        figure=report(
-            f"{RUN}/training_curves.png",
-            caption=caption("training_curves"),
-            category="training",
-            subcategory="{recipe} seed {seed}",
-        ),
+        figure=in_report(f"{RUN}/training_curves.png", "training", PER_RUN),
     log:
         f"{RUN}/logs/curves.log",
     conda:
@@ -284,31 +284,11 @@ rule confusion:
         script=script("confusion.py"),
         code=code("confusion.py"),
     output:
-        matrix=report(
-            f"{RUN}/confusion_matrix.png",
-            caption=caption("confusion_matrix"),
-            category="evaluation",
-            subcategory="{recipe} seed {seed}",
-        ),
-        matrix_vector=report(
-            f"{RUN}/confusion_matrix.svg",
-            caption=caption("confusion_matrix"),
-            category="evaluation",
-            subcategory="{recipe} seed {seed}",
-        ),
+        matrix=in_report(f"{RUN}/confusion_matrix.png", "evaluation", PER_RUN),
+        matrix_vector=in_report(f"{RUN}/confusion_matrix.svg", "evaluation", PER_RUN),
         per_class=f"{RUN}/per_class_accuracy.csv",
-        class_extremes=report(
-            f"{RUN}/class_extremes.png",
-            caption=caption("class_extremes"),
-            category="evaluation",
-            subcategory="{recipe} seed {seed}",
-        ),
-        superclass=report(
-            f"{RUN}/superclass_confusion.png",
-            caption=caption("superclass_confusion"),
-            category="evaluation",
-            subcategory="{recipe} seed {seed}",
-        ),
+        class_extremes=in_report(f"{RUN}/class_extremes.png", "evaluation", PER_RUN),
+        superclass=in_report(f"{RUN}/superclass_confusion.png", "evaluation", PER_RUN),
         summary=f"{RUN}/confusion_summary.json",
     log:
         f"{RUN}/logs/confusion.log",
@@ -330,19 +310,9 @@ rule errors:
         script=script("errors.py"),
         code=code("errors.py"),
     output:
-        gallery=report(
-            f"{RUN}/errors_gallery.png",
-            caption=caption("errors_gallery"),
-            category="errors",
-            subcategory="{recipe} seed {seed}",
-        ),
+        gallery=in_report(f"{RUN}/errors_gallery.png", "errors", PER_RUN),
         pairs=f"{RUN}/confusion_pairs.csv",
-        histogram=report(
-            f"{RUN}/confidence_histogram.png",
-            caption=caption("confidence_histogram"),
-            category="errors",
-            subcategory="{recipe} seed {seed}",
-        ),
+        histogram=in_report(f"{RUN}/confidence_histogram.png", "errors", PER_RUN),
         summary=f"{RUN}/errors_summary.json",
     log:
         f"{RUN}/logs/errors.log",
@@ -367,20 +337,10 @@ rule report:
         script=script("report.py"),
         code=code("report.py"),
     output:
-        report_csv=report(
-            f"{RUN}/classification_report.csv",
-            caption=caption("classification_report"),
-            category="tables",
-            subcategory="{recipe} seed {seed}",
-        ),
+        report_csv=in_report(f"{RUN}/classification_report.csv", "tables", PER_RUN),
         report_json=f"{RUN}/classification_report.json",
         report_txt=f"{RUN}/classification_report.txt",
-        reliability=report(
-            f"{RUN}/reliability_diagram.png",
-            caption=caption("reliability_diagram"),
-            category="evaluation",
-            subcategory="{recipe} seed {seed}",
-        ),
+        reliability=in_report(f"{RUN}/reliability_diagram.png", "evaluation", PER_RUN),
         summary=f"{RUN}/summary.json",
     log:
         f"{RUN}/logs/report.log",
@@ -434,18 +394,8 @@ rule gradcam_figures:
         script=script("gradcam_figures.py"),
         code=code("gradcam_figures.py"),
     output:
-        correct=report(
-            f"{RUN}/gradcam_correct.png",
-            caption=caption("gradcam_correct"),
-            category="interpretability",
-            subcategory="{recipe} seed {seed}",
-        ),
-        incorrect=report(
-            f"{RUN}/gradcam_incorrect.png",
-            caption=caption("gradcam_incorrect"),
-            category="interpretability",
-            subcategory="{recipe} seed {seed}",
-        ),
+        correct=in_report(f"{RUN}/gradcam_correct.png", "interpretability", PER_RUN),
+        incorrect=in_report(f"{RUN}/gradcam_incorrect.png", "interpretability", PER_RUN),
         summary=f"{RUN}/gradcam_summary.json",
     log:
         f"{RUN}/logs/gradcam_figures.log",
@@ -467,19 +417,9 @@ rule aggregate:
         script=script("aggregate.py"),
         code=code("aggregate.py"),
     output:
-        seeds_summary=report(
-            f"{RECIPE}/seeds_summary.csv",
-            caption=caption("seeds_summary"),
-            category="tables",
-            subcategory="{recipe}",
-        ),
+        seeds_summary=in_report(f"{RECIPE}/seeds_summary.csv", "tables", PER_RECIPE),
         seeds_per_class=f"{RECIPE}/seeds_per_class.csv",
-        curves=report(
-            f"{RECIPE}/seeds_curves.png",
-            caption=caption("seeds_curves"),
-            category="replicates",
-            subcategory="{recipe}",
-        ),
+        curves=in_report(f"{RECIPE}/seeds_curves.png", "replicates", PER_RECIPE),
     log:
         f"{RECIPE}/logs/aggregate.log",
     conda:
@@ -499,16 +439,8 @@ rule compare:
         script=script("compare.py"),
         code=code("compare.py"),
     output:
-        table=report(
-            f"{RESULTS}/recipes_summary.csv",
-            caption=caption("recipes_summary"),
-            category="tables",
-        ),
-        figure=report(
-            f"{RESULTS}/recipes_comparison.png",
-            caption=caption("recipes_comparison"),
-            category="replicates",
-        ),
+        table=in_report(f"{RESULTS}/recipes_summary.csv", "tables"),
+        figure=in_report(f"{RESULTS}/recipes_comparison.png", "replicates"),
     log:
         f"{RESULTS}/logs/compare.log",
     conda:
@@ -530,12 +462,10 @@ def study_pairs():
     return [f"{a}:{b}" for a, b in config["study"]["pairs"]]
 
 
-def study_figure(path, name, shown):
+def study_figure(path, shown):
     """A study figure joins the report only when it has something to show (one recipe: no pair
     to compare, no family of vary variants; the figure would only say so)."""
-    if not shown:
-        return path
-    return report(path, caption=caption(name), category="reproducibility")
+    return in_report(path, "reproducibility") if shown else path
 
 
 def has_pairs():
@@ -577,12 +507,7 @@ rule seeds_study:
         ensemble=f"{RECIPE}/ensemble.csv",
         test_set_noise=f"{RECIPE}/test_set_noise.csv",
         selection_optimism=f"{RECIPE}/selection_optimism.csv",
-        figure=report(
-            f"{RECIPE}/seeds_agreement.png",
-            caption=caption("seeds_agreement"),
-            category="reproducibility",
-            subcategory="{recipe}",
-        ),
+        figure=in_report(f"{RECIPE}/seeds_agreement.png", "reproducibility", PER_RECIPE),
     log:
         f"{RECIPE}/logs/seeds_study.log",
     conda:
@@ -606,9 +531,7 @@ rule differences:
         code=code("differences.py"),
     output:
         table=f"{RESULTS}/recipe_differences.csv",
-        figure=study_figure(
-            f"{RESULTS}/recipe_differences.png", "recipe_differences", has_pairs()
-        ),
+        figure=study_figure(f"{RESULTS}/recipe_differences.png", has_pairs()),
     log:
         f"{RESULTS}/logs/differences.log",
     conda:
@@ -634,9 +557,7 @@ rule variance:
         code=code("variance.py"),
     output:
         table=f"{RESULTS}/variance_sources.csv",
-        figure=study_figure(
-            f"{RESULTS}/variance_sources.png", "variance_sources", has_families()
-        ),
+        figure=study_figure(f"{RESULTS}/variance_sources.png", has_families()),
     log:
         f"{RESULTS}/logs/variance.log",
     conda:
@@ -658,11 +579,7 @@ rule headline:
         script=script("headline.py"),
         code=code("headline.py"),
     output:
-        headline=report(
-            f"{RESULTS}/headline.rst",
-            caption=caption("headline"),
-            category="tables",
-        ),
+        headline=in_report(f"{RESULTS}/headline.rst", "tables"),
     log:
         f"{RESULTS}/logs/headline.log",
     conda:

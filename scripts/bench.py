@@ -5,7 +5,7 @@
     python scripts/bench.py --device cuda --json bench.json    # on a GPU: the H100 targets
 
 Both train the baseline recipe's ResNet-18 (config.yaml) on random data of CIFAR-100's shape:
-(a) the project: engine.numerics and engine.build (splits on the device, model, optimizer,
+(a) the project: numerics.numerics and engine.build (splits on the device, model, optimizer,
 schedule, autocast, compile), engine.train_epoch's step (train_step, the schedule, check_finite)
 and engine.evaluate; its data pipeline also with each recipe augmentation beside crop+flip.
 (b) the notebook: PIL images through RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor,
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from cifar100 import config as cfg
-from cifar100 import data, engine
+from cifar100 import data, engine, numerics
 from cifar100.cli import run_cli
 from cifar100.exceptions import UserError
 from cifar100.files import write_json
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{key.replace('_', '-')}", type=int, help=f"{what} (default: {gpu} on CUDA, {cpu} on CPU)")
     p.add_argument("--n", type=int, default=TRAIN_SIZE, help="training images (default: %(default)s)")
     p.add_argument("--batch-size", type=int, help="training batch size (default: the baseline recipe's, 128)")
-    p.add_argument("--precision", choices=engine.PRECISIONS, default="bf16",
+    p.add_argument("--precision", choices=cfg.choices("precision"), default=cfg.default("precision"),
                    help="autocast of (a) on CUDA; the CPU and (b) run fp32 (default: %(default)s)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the model of (a), as training does (default: %(default)s)")
@@ -160,7 +160,7 @@ def bench_project(args, recipe: dict, ds: data.Dataset) -> dict:
     device, cuda, bs = args.device, args.device.type == "cuda", recipe["batch_size"]
     spec = engine.RunSpec(recipe, "baseline", seed=0, selection="last", val_size=1, deterministic=False,
                           precision=args.precision, compile=args.compile)
-    with engine.numerics(spec, device, log=lambda _: None) as precision:
+    with numerics.numerics(spec.deterministic, spec.precision, device, log=lambda _: None) as precision:
         p = engine.build(ds, spec, device, precision)
 
         def batches(augment):
@@ -217,7 +217,7 @@ def bench_reference(args, recipe: dict, ds: data.Dataset) -> dict:
     device, bs = args.device, recipe["batch_size"]
     if device.type == "cuda":
         torch.cuda.empty_cache()  # (a)'s cached blocks
-    engine.set_precision("bf16")  # the notebook runs with torch's defaults (TF32 convolutions)
+    numerics.set_precision("bf16")  # the notebook runs with torch's defaults (TF32 convolutions)
     norm = T.Normalize(MEAN, STD)
     train_tf = T.Compose([T.RandomCrop(SIZE, padding=PAD), T.RandomHorizontalFlip(), T.ToTensor(), norm])
     loader = torch.utils.data.DataLoader(NotebookDataset(ds.train, train_tf), bs, shuffle=True, num_workers=WORKERS)
@@ -318,7 +318,7 @@ def report(r: dict) -> str:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    args.device = engine.pick_device(args.device)
+    args.device = numerics.pick_device(args.device)
     for key, (_, gpu, cpu) in PER_DEVICE.items():
         if getattr(args, key) is None:
             setattr(args, key, gpu if args.device.type == "cuda" else cpu)
@@ -334,7 +334,7 @@ def main(argv=None):
          "device_name": device_name(args.device), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
          "torch": torch.__version__, "batch_size": recipe["batch_size"], "width": recipe["width"], "n": args.n,
          **{k: getattr(args, k) for k in ("steps", "warmup", "data_batches", "eval_n", "compile")},
-         "precision": engine.resolve_precision(args.device, args.precision, log=lambda _: None),  # as numerics
+         "precision": numerics.resolve_precision(args.device, args.precision, log=lambda _: None),  # as numerics
          "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
     t0 = time.perf_counter()
     r["project"] = bench_project(args, recipe, ds)

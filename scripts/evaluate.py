@@ -18,7 +18,7 @@ import argparse
 
 import numpy as np
 
-from cifar100 import checkpoint, config, data, engine, provenance
+from cifar100 import checkpoint, config, data, engine, numerics, provenance
 from cifar100.cli import run_cli
 from cifar100.files import write_json, write_npz
 from cifar100.pipeline import DeviceSplit
@@ -39,11 +39,11 @@ def main(argv=None):
     a = parse_args(argv)
     ds = data.load(a.data_dir)
     test, fine_names = ds.test, ds.fine_names
-    device = engine.pick_device(a.device)
+    device = numerics.pick_device(a.device)
     model, ckpt = checkpoint.load_model(a.checkpoint, device=device, class_names=fine_names,
                                         data_version=engine.data_version(ds))
     # fp32 logits (no autocast): every number after this file is computed from them.
-    split, amp = DeviceSplit(test.images, test.labels, device), engine.autocast_for(device, "fp32")
+    split, amp = DeviceSplit(test.images, test.labels, device), numerics.autocast_for(device, "fp32")
     logits = engine.predict(model, split, amp).numpy().astype(np.float32)
     logits_tta = engine.predict(model, split, amp, flip=True).numpy().astype(np.float32)
     labels = test.labels.astype(np.int64)

@@ -22,13 +22,13 @@ import argparse
 import numpy as np
 import torch
 
-from cifar100 import cam, checkpoint, config, data, engine
+from cifar100 import cam, checkpoint, config, data, engine, numerics
 from cifar100.cli import positive_int, run_cli
 from cifar100.files import write_npz
 from cifar100.pipeline import DeviceSplit
 from cifar100.predictions import load_predictions, softmax
 
-LAYERS = config.schema()["properties"]["analysis"]["properties"]["gradcam_layer"]["enum"]
+LAYERS = config.choices("analysis", "gradcam_layer")
 RANDOMISATION_SEED = 0  # the re-initialised copy is the same for every run, model and device
 
 
@@ -51,7 +51,7 @@ def main(argv=None):
     a = parse_args(argv)
     ds = data.load(a.data_dir)
     test = ds.test
-    device = engine.pick_device(a.device)
+    device = numerics.pick_device(a.device)
     model, _ = checkpoint.load_model(a.checkpoint, device=device, class_names=ds.fine_names,
                                      data_version=engine.data_version(ds))
     logits, _ = load_predictions(a.predictions, test.labels, ds.num_classes)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from cifar100 import config as cfg
-from cifar100 import data, deadline, engine
+from cifar100 import data, deadline, engine, numerics
 from cifar100.cli import positive_int, run_cli, seconds, seed
 from cifar100.exceptions import ConfigError, OutputError, Preempted, UserError
 from cifar100.files import ensure_dir
@@ -37,13 +37,14 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", help="folder holding cifar-100-python/ (default: the config's data_dir)")
     p.add_argument("--model", help="selected model to write (default: results/{recipe}/seed{seed}/model.pt)")
     p.add_argument("--history", help="per-epoch CSV to write (default: history.csv beside the model)")
-    p.add_argument("--selection", choices=["best_test", "last", "best_val"],
+    p.add_argument("--selection", choices=cfg.choices("selection"),
                    help="model selection (default: the config's selection)")
     p.add_argument("--val-size", type=positive_int,
                    help="held-out images for best_val (default: the config's val_size)")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction,
                    help="bit-reproducible, slower (default: the config's deterministic)")
-    p.add_argument("--precision", choices=["bf16", "fp32"], help="CUDA autocast (default: the config's precision)")
+    p.add_argument("--precision", choices=cfg.choices("precision"),
+                   help="CUDA autocast (default: the config's precision)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction,
                    help="torch.compile (default: the config's compile)")
     p.add_argument("--threads", type=positive_int,
@@ -101,7 +102,7 @@ def main(argv=None):
         except OSError as e:  # the first line is logged before training: a read-only folder stops here
             raise OutputError(f"cannot write {attempts}: {e.strerror or e}") from e
 
-    log(f"training {a.recipe} seed {a.seed} on {engine.pick_device(a.device)}: {len(ds.train)} images, "
+    log(f"training {a.recipe} seed {a.seed} on {numerics.pick_device(a.device)}: {len(ds.train)} images, "
         f"{ds.num_classes} classes -> {model_path}")
     if "SLURM_JOB_ID" in os.environ:  # where the scheduler placed this attempt (tests/test_slurm.py reads it)
         log(f"slurm job {os.environ['SLURM_JOB_ID']}: partition {os.environ.get('SLURM_JOB_PARTITION')}, "

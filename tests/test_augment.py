@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
-from cifar100 import engine, model, pipeline
+from cifar100 import engine, model, numerics, pipeline
 from cifar100.pipeline import PAD, PLAIN, SIZE, Augment, DeviceSplit, epoch_plan, train_batches
 
 P_MIN = 1e-3  # a distribution test fails below this p-value (the draws are fixed: no flaky reruns)
@@ -235,7 +235,7 @@ def test_flip_tta_is_the_mean_of_the_image_and_mirror_logits():
     net = model.resnet18(10, 8).eval()
     images, labels = random_images(70, seed=3)
     split = DeviceSplit(images, labels, "cpu")
-    amp = engine.autocast_for(torch.device("cpu"), "fp32")
+    amp = numerics.autocast_for(torch.device("cpu"), "fp32")
     tta = engine.predict(net, split, amp, batch_size=32, flip=True)
     x = torch.cat([xb for xb, _ in pipeline.eval_batches(split, 70)])
     with torch.no_grad():

@@ -8,9 +8,12 @@ import csv
 import pytest
 import torch
 
-from cifar100 import checkpoint, data, engine
+from cifar100 import checkpoint, config, data, engine, numerics
+from cifar100.pipeline import DeviceSplit
 from helpers import TINY_RECIPE, preempt_then_resume, same_weights
 
+# Every value of vary the config schema allows (engine.VARIED must know each of them).
+VARY = config.schema()["properties"]["recipes"]["additionalProperties"]["properties"]["vary"]["enum"]
 # TINY_RECIPE on tiny_data: 300 images in batches of 64, 5 steps per epoch, 2 epochs.
 RECIPES = {
     "cutout": {"cutout": 8},
@@ -48,7 +51,7 @@ def test_killed_mid_epoch_and_resumed_is_bit_identical(tiny_data, tmp_path, monk
     assert _history(tmp_path / "run" / "history.csv") == _history(tmp_path / "clean" / "history.csv")
 
 
-@pytest.mark.parametrize("vary", engine.VARY)
+@pytest.mark.parametrize("vary", VARY)
 def test_vary_fixes_exactly_the_components_it_does_not_name(tiny_data, tmp_path, monkeypatch, vary):
     seen = {}
     real_init, real_batches = engine.initialise, engine.train_batches
@@ -121,8 +124,8 @@ def test_evaluation_writes_flip_tta_logits_and_the_last_epochs_accuracy(tiny_dat
                                   "--device", "cpu"])
     ds = data.load(tiny_data)
     model, _ = checkpoint.load_model(tmp_path / "model.pt", device="cpu")
-    split = engine.DeviceSplit(ds.test.images, ds.test.labels, "cpu")
-    amp = engine.autocast_for(torch.device("cpu"), "fp32")
+    split = DeviceSplit(ds.test.images, ds.test.labels, "cpu")
+    amp = numerics.autocast_for(torch.device("cpu"), "fp32")
     with np.load(tmp_path / "p.npz") as npz:
         np.testing.assert_allclose(npz["logits_tta"], engine.predict(model, split, amp, flip=True).numpy(),
                                    rtol=0, atol=1e-5)

@@ -8,8 +8,8 @@ import signal
 import pytest
 import torch
 
-from cifar100 import checkpoint, data, engine
-from cifar100.exceptions import CheckpointError, OutputError
+from cifar100 import checkpoint, data, engine, numerics
+from cifar100.exceptions import CheckpointError, OutputError, Preempted
 from helpers import TINY_RECIPE, run_script, train_args
 
 
@@ -49,7 +49,7 @@ def test_deterministic_weights_do_not_depend_on_the_cores(tiny_data, tmp_path):
     finally:
         torch.set_num_threads(torch_threads)
     assert _same(_weights(tmp_path / "in" / "model.pt"), runs["1"])
-    assert checkpoint.load(tmp_path / "in" / "model.pt")["provenance"]["threads"] == engine.DETERMINISTIC_CPU_THREADS
+    assert checkpoint.load(tmp_path / "in" / "model.pt")["provenance"]["threads"] == numerics.DETERMINISTIC_CPU_THREADS
 
 
 # Which randomness the seed drives (vary): tests/test_engine_recipes.py.
@@ -84,7 +84,7 @@ def test_a_signal_during_an_earlier_epochs_evaluation_keeps_that_epoch(tiny_data
         return real_row(p, epoch, totals)
 
     monkeypatch.setattr(engine, "epoch_row", signal_then_row)
-    with pytest.raises(engine.Preempted):
+    with pytest.raises(Preempted):
         _run(tiny_data, tmp_path, _spec())
     state = checkpoint.load(tmp_path / "last.pt")
     assert state["position"] == {"epoch": 2, "step": 0} and len(state["history"]) == 1
@@ -93,7 +93,7 @@ def test_a_signal_during_an_earlier_epochs_evaluation_keeps_that_epoch(tiny_data
 def test_a_finished_run_of_other_training_code_is_trained_again(tiny_data, tmp_path, monkeypatch):
     _run(tiny_data, tmp_path, _spec(epochs=1))
     (tmp_path / "model.pt").unlink()
-    monkeypatch.setattr(engine, "TRAINING_CODE", engine.TRAINING_CODE[:1])  # as if the code had changed
+    monkeypatch.setattr(numerics, "TRAINING_CODE", numerics.TRAINING_CODE[:1])  # as if the code had changed
     logs = []
     _run(tiny_data, tmp_path, _spec(epochs=1), logs)
     assert any("finished run of other training code: training again from scratch" in m for m in logs)

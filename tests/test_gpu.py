@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from cifar100 import cam, checkpoint, data, engine
+from cifar100 import cam, checkpoint, data, engine, numerics
 from cifar100.exceptions import Diverged, Preempted
 from cifar100.model import resnet18
 from cifar100.pipeline import DeviceSplit, train_batches
@@ -103,9 +103,9 @@ def cpu_bf16():
 @pytest.mark.slow  # bf16 autocast on this CPU: about 3 s a step
 def test_bf16_loss_comparison_accepts_bf16_and_rejects_another_initialisation(tiny_data):
     ds = data.load(tiny_data)
-    fp32 = first_losses(ds, "cpu", engine.autocast_for(torch.device("cpu"), "fp32"))
+    fp32 = first_losses(ds, "cpu", numerics.autocast_for(torch.device("cpu"), "fp32"))
     assert losses_agree(first_losses(ds, "cpu", cpu_bf16), fp32)
-    assert not losses_agree(first_losses(ds, "cpu", engine.autocast_for(torch.device("cpu"), "fp32"), seed=1), fp32)
+    assert not losses_agree(first_losses(ds, "cpu", numerics.autocast_for(torch.device("cpu"), "fp32"), seed=1), fp32)
 
 
 def test_cam_correlation_is_one_for_the_same_maps_and_low_for_another_model(tiny_data):
@@ -171,8 +171,8 @@ def test_bf16_and_fp32_first_steps_agree_on_cuda(tiny_data):
     device = torch.device("cuda")
     losses = {}
     for precision in ("fp32", "bf16"):
-        engine.set_precision(precision)  # TF32 off for fp32, as in training
-        losses[precision] = first_losses(ds, "cuda", engine.autocast_for(device, precision))
+        numerics.set_precision(precision)  # TF32 off for fp32, as in training
+        losses[precision] = first_losses(ds, "cuda", numerics.autocast_for(device, precision))
     fp32, bf16 = losses["fp32"], losses["bf16"]
     assert losses_agree(bf16, fp32), np.round(np.abs(bf16 - fp32) / fp32, 4)
 
@@ -213,7 +213,7 @@ def test_sigusr1_mid_epoch_then_rerun_is_bit_identical_on_cuda(tiny_data, tmp_pa
 def test_evaluation_logits_on_cuda_match_the_cpu(tiny_data, cuda_run):
     no_tf32()
     ds = data.load(tiny_data)
-    amp = engine.autocast_for(torch.device("cpu"), "fp32")
+    amp = numerics.autocast_for(torch.device("cpu"), "fp32")
     logits = {}
     for device in ("cpu", "cuda"):
         model, _ = checkpoint.load_model(cuda_run / "model.pt", device=device, class_names=ds.fine_names)

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from cifar100 import checkpoint, data, deadline, engine, files, readers
+from cifar100 import checkpoint, data, deadline, engine, files, readers, resume
 from cifar100.config import validate
 from cifar100.exceptions import CheckpointError, ConfigError
 from cifar100.model import resnet18
@@ -85,10 +85,10 @@ def test_a_diverged_json_that_is_not_ours_is_kept_whole_and_training_runs(tiny_d
 
 def test_only_a_record_this_project_wrote_is_deleted(tmp_path):
     fingerprint = {"recipe_name": "baseline", "seed": 0}
-    path = tmp_path / engine.DIVERGED
-    files.write_json(path, engine.divergence_record({**fingerprint, "seed": 1}, "diverged"))
+    path = tmp_path / resume.DIVERGED
+    files.write_json(path, resume.divergence_record({**fingerprint, "seed": 1}, "diverged"))
     logs = []
-    engine.refuse_if_diverged(path, fingerprint, logs.append)  # ours, other settings: forgotten
+    resume.refuse_if_diverged(path, fingerprint, logs.append)  # ours, other settings: forgotten
     assert not path.exists() and not logs
 
 

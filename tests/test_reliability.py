@@ -247,6 +247,9 @@ def config():
     (lambda c: c.update(seeds=[]), r"config key seeds: \[\] should be non-empty"),
     (lambda c: c.update(runs=["baseline", "adamw"]), r"runs: recipe 'adamw' is not defined"),
     (lambda c: c.update(selection="best"), r"config key selection: 'best' is not one of"),
+    (lambda c: c.update(precision="fp16"), r"config key precision: 'fp16' is not one of"),
+    (lambda c: c["recipes"]["baseline"].update(vary="both"), r"recipes/baseline/vary: 'both' is not one of"),
+    (lambda c: c.update(compile=True, deterministic=True), r"config key compile: torch.compile is not bit-repro"),
     (lambda c: c["recipes"]["cosine"].update(momentun=0.9), r"recipes/cosine: Additional properties .*'momentun'"),
 ])
 def test_bad_config_is_rejected_naming_the_key(config, mutate, message):

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from cifar100 import checkpoint, data, engine
-from cifar100.exceptions import CheckpointError
+from cifar100.exceptions import CheckpointError, Preempted
 from helpers import TINY_RECIPE, run_script, same_weights, signal_after_steps
 
 
@@ -64,7 +64,7 @@ def test_replaced_data_with_the_same_classes_retrains_instead_of_rebuilding(fini
 def test_an_interrupted_run_never_resumes_on_replaced_data(tiny_data, other_data, tmp_path, monkeypatch):
     out = tmp_path / "run"
     real_step = signal_after_steps(monkeypatch, 3)
-    with pytest.raises(engine.Preempted):
+    with pytest.raises(Preempted):
         train(tiny_data, out)
     assert checkpoint.load(out / "last.pt")["position"]["step"] == 3
     monkeypatch.setattr(engine, "train_step", real_step)

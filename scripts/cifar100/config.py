@@ -68,13 +68,23 @@ def schema() -> dict:
     return yaml.safe_load(_schema_text())
 
 
-def default(*keys):
-    """The schema's default of a key, e.g. ``default("analysis", "samples")`` (argparse defaults
-    of the scripts run standalone come from here)."""
+def _node(keys) -> dict:
     node = schema()
     for k in keys:
         node = node["properties"][k] if "properties" in node else node["additionalProperties"]["properties"][k]
-    return node["default"]
+    return node
+
+
+def default(*keys):
+    """The schema's default of a key, e.g. ``default("analysis", "samples")`` (argparse defaults
+    of the scripts run standalone come from here)."""
+    return _node(keys)["default"]
+
+
+def choices(*keys) -> tuple:
+    """The values the schema allows for a key, e.g. ``choices("precision")``; ``choices("recipes",
+    "vary")`` for a recipe key (argparse choices and every module's list of them come from here)."""
+    return tuple(_node(keys)["enum"])
 
 
 def _validator(s: dict):

@@ -4,7 +4,7 @@ At the limit Slurm sends SIGTERM and kills the job KillWait seconds later (30 s 
 little to be sure that a 135 MB checkpoint is written. `sbatch --signal=USR1@N` would warn
 earlier, but it reaches job steps only, and the Slurm executor plugin runs array tasks without
 one. So training asks Slurm when its own job ends and sends itself SIGUSR1 `margin` seconds
-before: engine.StopFlag checkpoints after the current step and train.py exits 138 (128 + USR1),
+before: resume.StopFlag checkpoints after the current step and train.py exits 138 (128 + USR1),
 in a plain job and in an array task alike. Snakemake retries the job, which resumes from last.pt.
 
     with deadline.stop_before_end(margin_s, log):

@@ -3,7 +3,7 @@
 Two kinds of rules, two answers:
 - The rules that run the model on a GPU (train, evaluate, Grad-CAM) depend on ``MODEL_CODE``, a
   declared list of the modules that decide the model's numbers. The same list is hashed into the
-  fingerprint that decides whether a finished ``last.pt`` may be reused (engine.arithmetic), so
+  fingerprint that decides whether a finished ``last.pt`` may be reused (numerics.arithmetic), so
   the two can never disagree. Argument parsing, config loading, file writing and the like are not
   in it: editing them queues no GPU job.
 - CPU rules depend on every package module their script imports, read from its source (directly
@@ -16,9 +16,9 @@ from pathlib import Path
 PACKAGE = "cifar100"
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The modules whose source decides a model's weights (training) and outputs (logits): the model,
-# the batches it sees (order, augmentation, normalisation) and the loop. A new module that changes
-# what a model computes is added here, and nowhere else.
-MODEL_CODE = ("model.py", "pipeline.py", "engine.py")
+# the batches it sees (order, augmentation, normalisation), the numerics, the resume state and the
+# loop. A new module that changes what a model computes is added here, and nowhere else.
+MODEL_CODE = ("model.py", "pipeline.py", "numerics.py", "resume.py", "engine.py")
 # Grad-CAM's maps also depend on how they are computed from the model.
 GRADCAM_CODE = (*MODEL_CODE, "cam.py")
 

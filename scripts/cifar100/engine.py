@@ -1,30 +1,18 @@
-"""The training loop, readable top to bottom: the run's settings and numerics, seeding, optimiser
-and schedule, one epoch, the epoch loop with evaluation and model selection, preemption-safe
-checkpoints and exact resume.
-
-Resume contract: ``last.pt`` in the run folder (not a Snakemake output, so a failed job keeps
-it) holds a ``ResumeState``: model, optimiser, scheduler, the weights' moving average, history,
-best model and the position inside the epoch. Shuffling and augmentation (crop, flip, cutout,
-mixup, CutMix) come from two CPU generators seeded by (order seed, epoch) and (augment seed,
-epoch), so a resumed run replays exactly the batches it would have seen. With ``deterministic`` an
-interrupted run ends bit-identical to an uninterrupted one, whatever the core count, and a
-resume that could not be exact (another GPU model, torch version or training code) is refused.
-A ``last.pt`` marked complete rebuilds model.pt and history.csv in seconds, with no training.
+"""The training loop, readable top to bottom: the run's settings, optimiser and schedule, one
+epoch, evaluation, building a run, and ``train``: the epoch loop with evaluation, model selection
+and a checkpoint after every epoch. How the numbers are computed (device, precision, determinism,
+compile) is numerics.py's; the resume state, the preemption signals and finding an earlier
+attempt are resume.py's.
 """
 
-import contextlib
 import copy
 import hashlib
 import os
-import random
-import re
 import shutil
-import signal
 import sys
 import tempfile
 import time
-import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,45 +21,34 @@ from torch import nn
 
 from . import checkpoint
 from .data import Dataset
-from .deps import model_code
-from .exceptions import CheckpointError, ConfigError, Diverged, OutputError, Preempted
-from .files import ensure_dir, read_json, remove_stale_temps, write_csv, write_json
+from .exceptions import CheckpointError, Diverged, OutputError, Preempted
+from .files import ensure_dir, remove_stale_temps, write_csv, write_json
 from .model import count_parameters, initialise, resnet18
+from .numerics import arithmetic, autocast_for, compile_model, numerics, pick_device, seed_everything
 from .pipeline import Augment, DeviceSplit, eval_batches, generator, num_batches, train_batches
-from .provenance import device_name, provenance, source_digest
+from .provenance import provenance
+from .resume import (DIVERGED, ResumeState, StopFlag, divergence_record, find_finished_model, find_resume,
+                     refuse_if_diverged, rng_state, set_rng_state)
 
 HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
                   "val_loss", "val_acc", "seconds", "images_per_s",
                   "ema_test_loss", "ema_test_acc", "ema_val_loss", "ema_val_acc"]
 CUDA_CHECK_EVERY = 50  # steps between NaN checks on CUDA (each check is a host-device sync)
-# Intra-op threads of a deterministic CPU run. The thread count splits every reduction (convolution,
-# batch norm), so weights depend on it: a fixed count makes them the same whatever the cores or
-# OMP_NUM_THREADS say. 1 runs on every machine without oversubscription; deterministic CPU runs
-# are for tests and debugging (a full run belongs on a GPU, where host threads do not touch the sums).
-DETERMINISTIC_CPU_THREADS = 1
 # Which randomness the run seed drives; data is order and augmentation together.
 VARIED = {"all": ("init", "order", "augment"), "init": ("init",), "data": ("order", "augment"),
           "order": ("order",), "augment": ("augment",), "none": ()}
-VARY = tuple(VARIED)
 # The seed of a component a recipe does not vary: outside the config's seed range (0..2**32-1), so a
 # fixed component is never the stream of any varied seed (seeds reach 64-bit streams, pipeline.generator).
 FIXED_SEED = 2**32
-SELECTIONS = ("best_test", "last", "best_val")
-PRECISIONS = ("bf16", "fp32")
-# The modules whose source decides the weights (deps.MODEL_CODE, also the GPU rules' code inputs):
-# a finished last.pt is reused only with the same code.
-TRAINING_CODE = model_code()
 # Free space a run needs, in model sizes: last.pt (weights, momentum, best weights, EMA weights)
 # and its temp copy while it is replaced, plus model.pt.
 CHECKPOINT_MODEL_SIZES = 9
-COMPILE_DETERMINISTIC = ("compile: true and deterministic: true cannot be combined: torch.compile's Inductor "
-                         "autotunes kernel choices that change the numerics (and caches them on local disk), "
-                         "so the run would not be bit-reproducible; set one of them to false")
 
 
 @dataclass
 class RunSpec:
-    """One run's settings, every one given by the caller (defaults live in the config schema)."""
+    """One run's settings, every one given by the caller: defaults, allowed values and the rules
+    across keys live in the config schema, checked once (config.validate) before a RunSpec is made."""
 
     recipe: dict
     recipe_name: str
@@ -81,15 +58,6 @@ class RunSpec:
     deterministic: bool
     precision: str  # bf16 | fp32; CUDA only, the CPU always trains in fp32
     compile: bool
-
-    def __post_init__(self):
-        checks = {"selection": (self.selection, SELECTIONS), "precision": (self.precision, PRECISIONS),
-                  f"recipes/{self.recipe_name}/vary": (self.recipe.get("vary"), VARY)}
-        for key, (value, allowed) in checks.items():
-            if value not in allowed:
-                raise ConfigError(f"config key {key}: {value!r} is not one of {', '.join(allowed)}")
-        if self.compile and self.deterministic:
-            raise ConfigError(COMPILE_DETERMINISTIC)
 
     def _seed_of(self, part: str) -> int:
         return self.seed if part in VARIED[self.recipe["vary"]] else FIXED_SEED
@@ -115,7 +83,8 @@ class RunSpec:
         The recipe and seed; the data's content (``data_version``); the held-out size only where
         a validation split is taken; the precision actually used (the CPU trains in fp32 whatever
         the config says). Not the recipe's name, nor a setting the run does not use, so changing
-        those never retrains. The code is checked apart (``arithmetic``), where it can be explained.
+        those never retrains. The code is checked apart (``numerics.arithmetic``), where it can be
+        explained.
         """
         return {"recipe": self.recipe, "seed": self.seed, "selection": self.selection,
                 "val_size": self.val_size if self.selection == "best_val" else None,
@@ -135,112 +104,6 @@ def data_version(ds: Dataset) -> str:
             h.update(memoryview(a).cast("B"))
     h.update("\n".join(ds.fine_names).encode())
     return "sha256-" + h.hexdigest()[:24]
-
-
-def arithmetic(device: torch.device, precision: str) -> dict:
-    """What else changes the numbers a run computes: a resume with other values is not exact."""
-    a = {"torch": str(torch.__version__), "device": device.type, "device_name": device_name(device),
-         "precision": precision, "training_code": source_digest(TRAINING_CODE)}
-    if device.type == "cuda":
-        a.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
-    else:  # oneDNN picks kernels by instruction set; the thread count splits the sums
-        a.update(cpu_capability=torch.backends.cpu.get_cpu_capability(), threads=torch.get_num_threads())
-    return a
-
-
-def pick_device(name: str | None = None) -> torch.device:
-    if name in (None, "auto"):
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ConfigError(f"--device {name}: not a device name (cpu, cuda, cuda:1, auto)") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is visible to this process")
-    return device
-
-
-def set_determinism(deterministic: bool) -> None:
-    """Every switch set both ways, so a run after a deterministic one in the same process is not."""
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic)
-    # Filling fresh memory with NaN is a debugging aid (an extra kernel per allocation, 10-15%);
-    # every tensor here is written before it is read.
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cudnn.benchmark = not deterministic
-
-
-def set_precision(precision: str) -> None:
-    """fp32 means IEEE fp32: cuDNN would otherwise run convolutions in TF32 on Ampere and newer.
-    bf16 keeps torch's defaults (TF32 convolutions outside autocast, fp32 matmuls)."""
-    torch.backends.cudnn.allow_tf32 = precision != "fp32"
-    torch.backends.cuda.matmul.allow_tf32 = False
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def numerics(spec: RunSpec, device: torch.device, log):
-    """Threads, determinism and TF32 for this run; yields the precision it trains in. The
-    process's thread count comes back afterwards."""
-    threads = torch.get_num_threads()
-    if spec.deterministic and device.type == "cpu":
-        torch.set_num_threads(DETERMINISTIC_CPU_THREADS)
-    set_determinism(spec.deterministic)
-    if spec.deterministic:
-        warnings.warn("deterministic: true makes runs bit-reproducible but slower "
-                      "(deterministic kernels, no cuDNN autotuning, one CPU thread)", stacklevel=3)
-    precision = resolve_precision(device, spec.precision, log)
-    set_precision(precision)
-    try:
-        yield precision
-    finally:
-        torch.set_num_threads(threads)
-
-
-def resolve_precision(device: torch.device, precision: str, log) -> str:
-    """bf16 only where the chosen GPU has it natively (Ampere and newer); emulated bf16 is slower than fp32."""
-    if device.type != "cuda":
-        if precision != "fp32":
-            log("CPU run: training in fp32 (bf16 autocast is used on CUDA only)")
-        return "fp32"
-    if precision == "bf16" and torch.cuda.get_device_capability(device) < (8, 0):
-        log(f"{torch.cuda.get_device_name(device)} has no native bf16: training in fp32")
-        return "fp32"
-    return precision
-
-
-def autocast_for(device: torch.device, precision: str):
-    if device.type == "cuda" and precision == "bf16":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
-def _one_line(text: str, pattern=r"fatal error|No such file|not found|error:") -> str:
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    return next((ln for ln in lines if re.search(pattern, ln)), lines[0] if lines else "")
-
-
-def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """torch.compile, after a tiny compiled function has run on ``device``: a missing toolchain
-    (CUDA headers, ptxas, a C compiler) fails there as one line, not at the model's first forward."""
-    try:
-        probe = torch.compile(lambda x: x * 2 + 1, dynamic=False)
-        probe(torch.ones(8, device=device))
-    except Exception as e:
-        need = ("the CUDA toolchain Triton compiles with (conda-forge: cuda-nvcc, cuda-cudart-dev and gcc, "
-                "of the CUDA version PyTorch was built with)" if device.type == "cuda"
-                else "a C++ compiler (conda-forge: gxx)")
-        raise ConfigError(f"compile: true, but torch.compile cannot build kernels on {device} here "
-                          f"({_one_line(e) or type(e).__name__}): install {need}, or set compile: false") from e
-    # dynamic=False: the partial last batch and eval batches compile once each, as static graphs.
-    return torch.compile(model, dynamic=False)
 
 
 def optimizer_impl(device: torch.device) -> dict:
@@ -323,37 +186,6 @@ def val_split_indices(labels: np.ndarray, val_size: int, seed: int = 0):
     val = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes])
     train = np.setdiff1d(np.arange(len(labels)), val)
     return train, np.sort(val)
-
-
-class StopFlag:
-    """SIGTERM / SIGUSR1 set a flag; the loop checkpoints after the current step and exits.
-
-    A context manager, so the previous handlers come back when training ends, except the
-    default (die) after a run that finished: its model.pt is complete, and a SIGTERM in the
-    second the process takes to exit would make it end with 143, so that Snakemake or Slurm
-    retried a finished job. From then on the signal is noted and the process exits 0.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __enter__(self):
-        self.signum = 0
-        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        for s, handler in self.previous.items():
-            finished = exc_type is None and handler == signal.SIG_DFL
-            signal.signal(s, _after_finish if finished else handler)
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-        print(f"received signal {signum}: checkpointing after this step", file=sys.stderr, flush=True)
-
-
-def _after_finish(signum, frame):
-    print(f"received signal {signum} after training finished (its outputs are complete): exiting normally",
-          file=sys.stderr, flush=True)
 
 
 class Progress:
@@ -479,185 +311,6 @@ def predict(model, split: DeviceSplit, amp, channels_last=False, batch_size=None
                 out = (out + model(x.flip(3)).float()) / 2
         outs.append(out)
     return torch.cat(outs).cpu()
-
-
-# --- the resume state -----------------------------------------------------------------------
-
-@dataclass
-class ResumeState:
-    """What last.pt holds to continue a run exactly, and what a finished run is rebuilt from."""
-
-    fingerprint: dict  # RunSpec.fingerprint(): which run this is
-    arithmetic: dict  # arithmetic(): what the numbers were computed with
-    provenance: dict  # provenance() of the attempt that wrote it
-    history: list  # one row per finished epoch
-    best: dict  # the selected epoch so far: score, epoch, metrics, state_dict
-    epoch: int  # the next epoch to train ...
-    step: int  # ... and the next step in it
-    epoch_so_far: dict | None  # loss sum, correct, count, seconds and lr of that epoch's first steps
-    complete: bool  # every epoch trained: model.pt and history.csv follow from this state alone
-    state_dict: dict  # the model, optimiser and scheduler now
-    optimizer: dict
-    scheduler: dict
-    rng: dict
-    ema: dict | None  # the weights' moving average now (recipes with ema_decay)
-
-    @classmethod
-    def fresh(cls, fingerprint: dict, arithmetic: dict, provenance: dict) -> "ResumeState":
-        return cls(fingerprint, arithmetic, provenance, history=[], epoch=1, step=0, epoch_so_far=None,
-                   best={"score": -1.0, "epoch": 0, "metrics": {}, "state_dict": None}, complete=False,
-                   state_dict={}, optimizer={}, scheduler={}, rng={}, ema=None)
-
-    def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}  # no deep copy of the weights
-        d["position"] = {"epoch": d.pop("epoch"), "step": d.pop("step")}
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict, path) -> "ResumeState":
-        """Raises CheckpointError naming the first missing or malformed field."""
-        try:
-            kw = {f.name: d[f.name] for f in fields(cls) if f.name not in ("epoch", "step")}
-            kw.update(epoch=int(d["position"]["epoch"]), step=int(d["position"]["step"]))
-            best = {k: kw["best"][k] for k in ("score", "epoch", "metrics", "state_dict")}
-            if not isinstance(kw["history"], list) or (kw["complete"] and not isinstance(best["state_dict"], dict)):
-                raise TypeError("'history' or 'best' (malformed)")
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: resume checkpoint lacks field {e}") from e
-        return cls(**kw)
-
-
-def rng_state() -> dict:
-    """Host generators only. Nothing in training draws from the default CUDA generators (the
-    epoch plan has its own CPU generator), and their states, one per visible GPU, would not fit
-    a resume that sees fewer GPUs."""
-    np_state = np.random.get_state()
-    return {"python": _to_python(random.getstate()), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "numpy_pos": int(np_state[2]), "torch": torch.get_rng_state()}
-
-
-def set_rng_state(s: dict) -> None:
-    """Restore what rng_state saved; CUDA states in older checkpoints are ignored."""
-    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
-    np.random.set_state(("MT19937", s["numpy_keys"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0))
-    torch.set_rng_state(s["torch"])
-
-
-def _to_python(x):
-    """Turn tuples (random.getstate) into lists so weights_only loading accepts them."""
-    if isinstance(x, tuple):
-        return [_to_python(v) for v in x]
-    return x
-
-
-def set_aside(path: Path) -> Path:
-    """Keep an unusable file for inspection under a new name; nothing is deleted."""
-    aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
-    while aside.exists():
-        aside = aside.with_name(aside.name + "x")
-    os.replace(path, aside)
-    return aside
-
-
-def _show(value):
-    return value[:12] if isinstance(value, str) and len(value) == 64 else value  # digests
-
-
-def differences(old: dict, new: dict, prefix: str = "") -> str:
-    """What differs between two fingerprints, key by key: "seed 0 -> 7, recipe.lr 0.05 -> 0.01"."""
-    out = []
-    for k, v in new.items():
-        was = old.get(k)
-        if isinstance(was, dict) and isinstance(v, dict):
-            out.append(differences(was, v, f"{prefix}{k}."))
-        elif was != v:
-            out.append(f"{prefix}{k} {_show(was)} -> {_show(v)}")
-    return ", ".join(o for o in out if o)
-
-
-def find_resume(path: Path, fingerprint: dict, now: dict, deterministic: bool, log) -> ResumeState | None:
-    """The state in ``path`` if it belongs to this run; None to start over. An unreadable or
-    incomplete file is set aside. A deterministic run refuses a resume that cannot be exact."""
-    if not path.exists():
-        return None
-    try:
-        raw = checkpoint.load(path)
-        if raw.get("fingerprint") != fingerprint:
-            old = raw.get("fingerprint") if isinstance(raw.get("fingerprint"), dict) else {}
-            log(f"ignoring resume checkpoint {path}: made by another run (it differs in: "
-                f"{differences(old, fingerprint)}); training this one from scratch")
-            return None
-        state = ResumeState.from_dict(raw, path)
-    except CheckpointError as e:  # torn, foreign or incomplete: keep it for inspection, start over
-        aside = set_aside(path)
-        log(f"ignoring resume checkpoint {path} (moved to {aside.name}): {e}")
-        return None
-    if state.complete:
-        if state.arithmetic.get("training_code") == now["training_code"]:
-            return state
-        log(f"{path} is from a finished run of other training code: training again from scratch")
-        return None
-    changed = "; ".join(f"{k} {_show(state.arithmetic.get(k))!r} -> {_show(v)!r}"
-                        for k, v in now.items() if state.arithmetic.get(k) != v)
-    if changed and deterministic:
-        raise CheckpointError(f"{path}: this deterministic run cannot resume exactly here ({changed}); "
-                              f"resume it where it started, or delete {path} to train again from scratch")
-    if changed:
-        log(f"resuming with other arithmetic ({changed}): not bit-identical to an uninterrupted run")
-    return state
-
-
-def find_finished_model(path: Path, fingerprint: dict, now: dict) -> dict | None:
-    """model.pt, if it already holds this very run, finished (same fingerprint, same training
-    code): what to keep when last.pt is gone. The train rule marks model.pt update(), so Snakemake
-    leaves it in place for this check (and puts it back if the job fails)."""
-    if not path.is_file():
-        return None
-    try:
-        raw = checkpoint.load(path)
-    except CheckpointError:
-        return None  # not ours to judge or move: it is replaced only when training succeeds
-    same = raw.get("fingerprint") == fingerprint and isinstance(raw.get("history"), list)
-    code = raw.get("arithmetic") if isinstance(raw.get("arithmetic"), dict) else {}
-    same_code = code.get("training_code") == now["training_code"]
-    return raw if same and same_code and isinstance(raw.get("state_dict"), dict) else None
-
-
-DIVERGED = "diverged.json"
-DIVERGED_FORMAT = "cifar100-resnet18/diverged/1"  # marks a record this project wrote
-
-
-def divergence_record(fingerprint: dict, message: str) -> dict:
-    return {"format": DIVERGED_FORMAT, "fingerprint": fingerprint, "message": message}
-
-
-def _is_divergence_record(record) -> bool:
-    """Written by divergence_record, or by earlier versions (exactly fingerprint and message)."""
-    if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), dict):
-        return False
-    keys = set(record)
-    return (record.get("format") == DIVERGED_FORMAT and keys == {"format", "fingerprint", "message"}) or (
-        keys == {"fingerprint", "message"} and {"recipe_name", "seed"} <= set(record["fingerprint"]))
-
-
-def refuse_if_diverged(path: Path, fingerprint: dict, log) -> None:
-    """Fail at once if this very run (same recipe, seed, ...) diverged before; forget other runs'
-    records. Only a record this project wrote is ever deleted: any other file of that name (a
-    user's, a folder, random bytes) is moved aside, whole."""
-    if not (path.exists() or path.is_symlink()):
-        return
-    try:
-        record = read_json(path) if path.is_file() else None
-    except OutputError:
-        record = None
-    if not _is_divergence_record(record):
-        aside = set_aside(path)
-        log(f"ignoring {path} (moved to {aside.name}): not a divergence record of this project")
-        return
-    if record["fingerprint"] == fingerprint:
-        raise Diverged(f"{record['message']} (in an earlier attempt, recorded in {path}; change the recipe "
-                       "or delete that file to try again)")
-    path.unlink()  # this project's record of other settings: they no longer apply here
 
 
 def check_replaceable(*paths: Path) -> None:
@@ -850,7 +503,7 @@ def train(ds: Dataset, spec: RunSpec, out_dir, device=None, log=print, *, model_
     check_out_dir(out_dir, ds.num_classes, spec.recipe["width"])
     check_replaceable(model_path, history_path, last_path)  # a folder there would fail only after training
     remove_stale_temps(out_dir)  # of an attempt killed while saving (SIGKILL, node failure)
-    with numerics(spec, device, log) as precision, StopFlag() as stop:
+    with numerics(spec.deterministic, spec.precision, device, log) as precision, StopFlag() as stop:
         fingerprint, now = spec.fingerprint(data_version(ds), precision), arithmetic(device, precision)
         refuse_if_diverged(out_dir / DIVERGED, fingerprint, log)
         state = find_resume(last_path, fingerprint, now, spec.deterministic, log)

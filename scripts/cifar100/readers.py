@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import schema
+from .config import choices
 from .exceptions import DataError, UserError
 from .files import read_json
 
-SELECTIONS = tuple(schema()["properties"]["selection"]["enum"])
+SELECTIONS = choices("selection")
 SEED_MAX = 2**32 - 1
 
 

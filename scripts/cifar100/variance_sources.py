@@ -21,7 +21,7 @@ from .exceptions import DataError
 
 LEVEL = intervals.LEVEL
 # The values of a recipe's ``vary``, in the schema's order (members of a family are listed so).
-SOURCES = tuple(config.schema()["properties"]["recipes"]["additionalProperties"]["properties"]["vary"]["enum"])
+SOURCES = config.choices("recipes", "vary")
 FIELDS = ["family", "recipe", "vary", "metric", "n_seeds", "mean", "var", "var_ci_low", "var_ci_high", "sd",
           "sd_ci_low", "sd_ci_high", "share_of", "share", "share_ci_low", "share_ci_high", "note"]
 
