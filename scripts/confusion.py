@@ -52,9 +52,10 @@ def main(argv=None):
     num_classes = len(fine_names)
     cm = metrics.confusion_matrix(labels, preds, num_classes)
     accuracy, support = metrics.per_class_accuracy(cm)
-    best, worst = metrics.best_and_worst(accuracy, EXTREMES)
-    extremes = metrics.extreme_classes(accuracy, EXTREMES)  # the figure's: disjoint panels, ties stated
-    top, bottom = metrics.classes_at_extremes(accuracy)
+    # The figure's lists, also the summary's: disjoint, ties by class index and said so. Every class
+    # tied at the extreme accuracy is in report.py's summary.json (the notebook block).
+    extremes = metrics.extreme_classes(accuracy, EXTREMES)
+    best, worst = extremes["best"], extremes["worst"]
 
     def superclass(i):
         return coarse_names[fine_to_coarse[i]] if fine_to_coarse is not None else ""
@@ -87,10 +88,11 @@ def main(argv=None):
         "max_class_accuracy": float(accuracy[best[0]]) if len(best) else None,
         "best_classes": [fine_names[i] for i in best],
         "worst_classes": [fine_names[i] for i in worst],
-        "classes_at_max_accuracy": [fine_names[i] for i in top],
-        "classes_at_min_accuracy": [fine_names[i] for i in bottom],
-        "ties_note": "best_classes/worst_classes break ties by class index; classes_at_max/min_accuracy "
-                     "list every class at the extreme value",
+        "best_tie": extremes["best_tie"],
+        "worst_tie": extremes["worst_tie"],
+        "ties_note": "best_classes/worst_classes (the class_extremes figure's) share no class and break ties "
+                     "by class index; best_tie/worst_tie say how many classes share the last one's accuracy "
+                     "when not all are shown; summary.json's notebook block lists every class at each extreme",
     }
     write_json(a.summary, metrics.json_safe(summary))
     print(f"{a.summary}: {summary['n_errors']} errors over {num_classes} classes")

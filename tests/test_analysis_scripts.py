@@ -190,6 +190,13 @@ def test_confusion_summary(outputs, tiny_run):
     wrong = preds != labels
     assert s["num_superclasses"] == 5 and s["n_errors"] == int(wrong.sum())
     assert not {"top1", "top5", "superclass_top1", "semantic_share"} & set(s)  # report.py's summary.json has them
+    recall = skm.recall_score(labels, preds, labels=np.arange(10), average=None, zero_division=np.nan)
+    figure = metrics.extreme_classes(recall, 10)  # the class_extremes figure's lists, also the summary's
+    assert s["best_classes"] == [f"class{i:02d}" for i in figure["best"]]
+    assert s["worst_classes"] == [f"class{i:02d}" for i in figure["worst"]]
+    assert not set(s["best_classes"]) & set(s["worst_classes"])
+    assert s["max_class_accuracy"] == pytest.approx(recall.max())
+    assert s["min_class_accuracy"] == pytest.approx(recall.min())
     r = json.loads((outputs / "summary.json").read_text())
     assert r["top1"] == pytest.approx((preds == labels).mean())
     assert r["top5"] == pytest.approx(skm.top_k_accuracy_score(labels, logits, k=5, labels=np.arange(10)))
@@ -332,8 +339,8 @@ def test_superclass_heatmap_values_and_note():
 
 def test_class_extremes_bars():
     acc = np.linspace(0, 1, 30)
-    best, worst = metrics.best_and_worst(acc, 10)
-    fig = plots.class_extremes(acc, [f"c{i}" for i in range(30)], best, worst)
+    ex = metrics.extreme_classes(acc, 10)
+    fig = plots.class_extremes(acc, [f"c{i}" for i in range(30)], ex["best"], ex["worst"])
     left, right = fig.axes
     assert len(left.patches) == 10 and len(right.patches) == 10
     assert left.get_yticklabels()[0].get_text() == "c29" and right.get_yticklabels()[0].get_text() == "c0"

@@ -91,15 +91,6 @@ def test_balanced_test_set_macro_recall_equals_top1():
     assert acc.mean() == pytest.approx(report["accuracy"])
 
 
-def test_best_and_worst_are_sorted_and_skip_nan():
-    acc = np.array([0.5, np.nan, 0.9, 0.1, 0.9, 0.3])
-    best, worst = metrics.best_and_worst(acc, 2)
-    assert best.tolist() == [2, 4]  # tie keeps class order
-    assert worst.tolist() == [3, 5]
-    best, worst = metrics.best_and_worst(acc, 10)
-    assert 1 not in best and 1 not in worst and len(best) == 5
-
-
 # --- superclasses ----------------------------------------------------------------------------
 
 

@@ -78,19 +78,6 @@ def per_class_accuracy(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return accuracy, support
 
 
-def best_and_worst(accuracy: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the ``n`` most and least accurate classes (nan classes skipped).
-
-    Best is ordered best first, worst is ordered worst first; ties keep class order, so the
-    choice is deterministic. With fewer than 2n classes the two lists overlap.
-    """
-    valid = np.flatnonzero(~np.isnan(accuracy))
-    order = valid[np.argsort(accuracy[valid], kind="stable")]
-    worst = order[:n]
-    best = valid[np.argsort(-accuracy[valid], kind="stable")][:n]
-    return best, worst
-
-
 def _cut_tie(accuracy: np.ndarray, valid: np.ndarray, shown: np.ndarray) -> dict | None:
     """How many classes share the accuracy of the last one shown, when some of them are not shown."""
     if len(shown) == 0:
@@ -104,7 +91,7 @@ def _cut_tie(accuracy: np.ndarray, valid: np.ndarray, shown: np.ndarray) -> dict
 def extreme_classes(accuracy: np.ndarray, n: int = 10) -> dict:
     """The ``n`` most and least accurate classes for a figure: no class in both, ties stated.
 
-    Unlike ``best_and_worst`` the two lists never share a class: with fewer than 2n classes
+    The two lists never share a class: with fewer than 2n classes
     (nan skipped) each side gets half of them, the middle class left out when their number is
     odd. Ties are broken by class index, and ``best_tie``/``worst_tie`` say when that choice
     mattered: {"value", "tied": classes at the value of the last one shown, "shown": how many of
