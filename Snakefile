@@ -40,7 +40,7 @@ configfile: Path(workflow.basedir) / "config.yaml"
 SCRIPTS = Path(workflow.basedir) / "scripts"
 CAPTIONS = SCRIPTS / "captions"
 sys.path.insert(0, str(SCRIPTS))
-from cifar100 import busy, config as cfg, data, deps  # noqa: E402
+from cifar100 import busy, config as cfg, deps, plan  # noqa: E402
 
 # Another snakemake running in this folder: say so, rather than Snakemake's IncompleteFilesException
 # advising --rerun-incomplete (its files are being written, not broken). Jobs it submits skip this.
@@ -60,35 +60,14 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-# ---- the dataset: read where it is, never an output (Snakemake never deletes what it did not make)
-def dataset_dir():
-    """The folder holding cifar-100-python/: data_dir for CIFAR-100, a folder of its own keyed by
-    its settings for a synthetic set."""
-    if config["dataset"] == "synthetic":
-        return str(data.synthetic_dir(config["data_dir"], config["synthetic"]))
-    return config["data_dir"]
-
-
-def dataset_version():
-    """What the data holds: training reruns when this changes. A synthetic set is named by its
-    settings; CIFAR-100 by the md5 of its files ("cifar100-official" for the real ones, also before
-    they are downloaded). A partial folder stops the workflow here, naming the missing file.
-    """
-    if config["dataset"] == "synthetic":
-        return Path(DATA_DIR).name
-    cache = Path(".snakemake") / "cifar100-dataset-md5.json"
-    return data.content_version(DATA_DIR, cache) or "cifar100-official"
-
-
-DATA_DIR = dataset_dir()
-DATA_VERSION = dataset_version()
+# ---- the dataset: read where it is, never an output (Snakemake never deletes what it did not make).
+# DATA_VERSION names what it holds (a parameter of train: new data retrains); results of other data
+# than the official CIFAR-100 go to results/<data version>/, so no run ever overwrites another's.
+DATA_DIR = plan.data_dir(config)
+DATA_VERSION = plan.data_version(config, DATA_DIR)
 DATASET_NAME = Path(DATA_DIR).name if config["dataset"] == "synthetic" else "cifar100"
 MANIFEST = f"results/datasets/{DATASET_NAME}/manifest.json"
-# Results of different data live apart, so that no run ever overwrites another's: results/ for the
-# official CIFAR-100, results/<data version>/ for anything else (a synthetic set, a changed copy).
-RESULTS = (
-    "results" if DATA_VERSION == "cifar100-official" else f"results/{DATA_VERSION}"
-)
+RESULTS = plan.results_root(DATA_VERSION)
 RUN = f"{RESULTS}/{{recipe}}/seed{{seed}}"
 RECIPE = f"{RESULTS}/{{recipe}}"
 
@@ -131,14 +110,6 @@ def recipe_json(wildcards):
 
 def flag(name, on):
     return f"--{name}" if on else f"--no-{name}"
-
-
-def val_size():
-    """Only best_val holds images out: under another selection val_size changes nothing, so it is
-    not a parameter of the training (changing it plans no job)."""
-    return (
-        ["--val-size", config["val_size"]] if config["selection"] == "best_val" else []
-    )
 
 
 def checkpoint_margin(wildcards, resources):
@@ -201,7 +172,7 @@ rule train:
         data_version=DATA_VERSION,
         recipe=recipe_json,
         selection=config["selection"],
-        val_size=val_size(),
+        val_size=plan.val_size_args(config),
         precision=config["precision"],
         deterministic=flag("deterministic", config["deterministic"]),
         compile=flag("compile", config["compile"]),
@@ -452,40 +423,10 @@ rule compare:
 
 
 # ---- the reproducibility study: CPU analysis of files every run already wrote, never retraining
-def runs_json():
-    """The definitions of the recipes in runs, in runs order: families (recipes identical apart
-    from vary) and the default pairs to compare are read from them."""
-    return json.dumps({name: config["recipes"][name] for name in config["runs"]})
-
-
-def study_pairs():
-    return [f"{a}:{b}" for a, b in config["study"]["pairs"]]
-
-
 def study_figure(path, shown):
     """A study figure joins the report only when it has something to show (one recipe: no pair
     to compare, no family of vary variants; the figure would only say so)."""
     return in_report(path, "reproducibility") if shown else path
-
-
-def has_pairs():
-    from cifar100 import recipe_differences
-
-    runs = {name: config["recipes"][name] for name in config["runs"]}
-    return bool(
-        config["study"]["pairs"] or recipe_differences.default_pairs(list(runs), runs)
-    )
-
-
-def has_families():
-    from cifar100 import variance_sources
-    from cifar100.exceptions import DataError
-
-    runs = {name: config["recipes"][name] for name in config["runs"]}
-    try:
-        return bool(variance_sources.families(runs))
-    except DataError:  # twin recipes: variance.py names them in its one-line error
-        return True
 
 
 def every_summary():
@@ -531,14 +472,14 @@ rule differences:
         code=code("differences.py"),
     output:
         table=f"{RESULTS}/recipe_differences.csv",
-        figure=study_figure(f"{RESULTS}/recipe_differences.png", has_pairs()),
+        figure=study_figure(f"{RESULTS}/recipe_differences.png", plan.has_pairs(config)),
     log:
         f"{RESULTS}/logs/differences.log",
     conda:
         "envs/analysis.yaml"
     params:
-        recipes=runs_json(),
-        pairs=study_pairs(),
+        recipes=plan.runs_json(config),
+        pairs=plan.pairs_args(config),
         interval_width=config["study"]["interval_width"],
         effect=config["study"]["effect"],
         alpha=config["study"]["alpha"],
@@ -557,13 +498,15 @@ rule variance:
         code=code("variance.py"),
     output:
         table=f"{RESULTS}/variance_sources.csv",
-        figure=study_figure(f"{RESULTS}/variance_sources.png", has_families()),
+        figure=study_figure(
+            f"{RESULTS}/variance_sources.png", plan.has_families(config)
+        ),
     log:
         f"{RESULTS}/logs/variance.log",
     conda:
         "envs/analysis.yaml"
     params:
-        recipes=runs_json(),
+        recipes=plan.runs_json(config),
     shell:
         "python {input.script:q} --summaries {input.summaries:q} --recipes-json {params.recipes:q}"
         " --table {output.table:q} --figure {output.figure:q} > {log:q} 2>&1"

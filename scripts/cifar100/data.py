@@ -24,6 +24,7 @@ from .files import atomic_path
 
 FOLDER = "cifar-100-python"
 FILES = ("train", "test", "meta")
+OFFICIAL = "cifar100-official"  # the content version of the official files
 IMAGE_SHAPE = (32, 32, 3)
 SYNTHETIC_CHUNK = 4096  # images generated at once (float64: 100 MB of work arrays)
 # The official files' md5 sums (torchvision checks the same ones after a download).
@@ -470,7 +471,7 @@ def _is_md5(value) -> bool:
 
 
 def content_version(data_dir, cache=None) -> str | None:
-    """A name for the dataset's content: "cifar100-official" when the three files are the
+    """A name for the dataset's content: OFFICIAL when the three files are the
     official ones (also before a download, which md5-checks them), else an md5 of the files.
 
     None when the folder does not exist yet. Hashing 180 MB takes a second, so sums are kept in
@@ -500,5 +501,5 @@ def content_version(data_dir, cache=None) -> str | None:
         except Exception:  # a cache that cannot be written costs time, not correctness
             pass
     if sums == OFFICIAL_MD5:
-        return "cifar100-official"
+        return OFFICIAL
     return "md5-" + hashlib.md5("".join(sums[n] for n in FILES).encode()).hexdigest()[:16]

@@ -1,0 +1,70 @@
+"""What the Snakefile works out from the validated config before it plans a job: where the data
+is and what it holds, where results go, and which study figures have something to show.
+
+Plain functions of the config, so that the Snakefile keeps to its rules and these can be tested
+without Snakemake. Results of different data live apart, so that no run ever overwrites
+another's: results/ for the official CIFAR-100, results/<data version>/ for anything else.
+"""
+
+import json
+from pathlib import Path
+
+from . import data, recipe_differences, variance_sources
+from .exceptions import DataError
+
+MD5_CACHE = Path(".snakemake") / "cifar100-dataset-md5.json"  # in the working directory
+
+
+def data_dir(config) -> str:
+    """The folder holding cifar-100-python/: data_dir for CIFAR-100, a folder of its own keyed by
+    its settings for a synthetic set."""
+    if config["dataset"] == "synthetic":
+        return str(data.synthetic_dir(config["data_dir"], config["synthetic"]))
+    return config["data_dir"]
+
+
+def data_version(config, folder) -> str:
+    """What the data holds: training reruns when this changes. A synthetic set is named by its
+    settings; CIFAR-100 by the md5 of its files (data.OFFICIAL for the real ones, also before they
+    are downloaded). A partial folder stops the workflow here, naming the missing file."""
+    if config["dataset"] == "synthetic":
+        return Path(folder).name
+    return data.content_version(folder, MD5_CACHE) or data.OFFICIAL
+
+
+def results_root(version: str) -> str:
+    return "results" if version == data.OFFICIAL else f"results/{version}"
+
+
+def runs(config) -> dict:
+    """The definitions of the recipes in runs, in runs order: families (recipes identical apart
+    from vary) and the default pairs to compare are read from them."""
+    return {name: config["recipes"][name] for name in config["runs"]}
+
+
+def runs_json(config) -> str:
+    return json.dumps(runs(config))
+
+
+def val_size_args(config) -> list:
+    """Only best_val holds images out: under another selection val_size changes nothing, so it is
+    not a parameter of the training (changing it plans no job)."""
+    return ["--val-size", config["val_size"]] if config["selection"] == "best_val" else []
+
+
+def pairs_args(config) -> list[str]:
+    """The study's pairs as differences.py takes them: A:B."""
+    return [f"{a}:{b}" for a, b in config["study"]["pairs"]]
+
+
+def has_pairs(config) -> bool:
+    """A study figure joins the report only when it has something to show: a pair to compare."""
+    return bool(config["study"]["pairs"] or recipe_differences.default_pairs(config["runs"], runs(config)))
+
+
+def has_families(config) -> bool:
+    """... or a family of recipes that differ only in what they vary."""
+    try:
+        return bool(variance_sources.families(runs(config)))
+    except DataError:  # twin recipes: variance.py names them in its one-line error
+        return True
