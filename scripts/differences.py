@@ -30,7 +30,7 @@ Without --pairs: every pair of recipes whose vary is all, in --recipes-json orde
 
 import argparse
 
-from cifar100 import config, recipe_differences, replicates, study_plots
+from cifar100 import config, plan, recipe_differences, replicates, study_plots
 from cifar100.cli import run_cli
 from cifar100.exceptions import DataError
 from cifar100.files import write_csv
@@ -89,7 +89,7 @@ def main(argv=None):
     a = parse_args(argv)
     recipes, runs = replicates.recipes_and_runs(a.recipes_json, a.summaries)
     pairs = (parse_pairs(a.pairs, runs) if a.pairs
-             else recipe_differences.default_pairs([r for r in recipes if r in runs], recipes))
+             else plan.default_pairs([r for r in recipes if r in runs], recipes))
     rows = [row for x, y in pairs
             for row in recipe_differences.compare_pair(runs[x], runs[y], a.interval_width, a.effect, a.alpha, a.power)]
     write_csv(a.table, [replicates.cells(r) for r in rows], recipe_differences.FIELDS)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from cifar100 import intervals, study_plots
+from cifar100 import intervals, plan, study_plots
 from cifar100 import recipe_differences as rd
 from cifar100 import seed_agreement as agreement
 from cifar100 import variance_sources as sources
@@ -219,14 +219,14 @@ def recipes_study():
 
 
 def test_families_group_recipes_that_differ_only_in_vary():
-    fams = sources.families(recipes_study())
+    fams = plan.families(recipes_study())
     assert fams == [["base", "base_init", "base_data", "base_order", "base_none"]]  # "other" alone is no family
-    assert sources.SOURCES == ("all", "init", "data", "order", "augment", "none")  # the schema's enum
+    assert plan.SOURCES == ("all", "init", "data", "order", "augment", "none")  # the schema's enum
     twins = {**recipes_study(), "base_again": {**RECIPE, "vary": "all"}}
     with pytest.raises(DataError, match="base, base_again are identical"):
-        sources.families(twins)
+        plan.families(twins)
     # vary missing counts as its default, all
-    assert sources.families({"a": dict(RECIPE), "b": {**RECIPE, "vary": "init"}}) == [["a", "b"]]
+    assert plan.families({"a": dict(RECIPE), "b": {**RECIPE, "vary": "init"}}) == [["a", "b"]]
 
 
 def test_variance_sources_shares_are_variance_ratios_with_f_intervals():
@@ -525,7 +525,7 @@ def test_one_seed_each_gives_no_test_but_no_crash():
 
 def test_default_pairs_leave_out_one_source_variants():
     recipes = recipes_study()
-    assert rd.default_pairs(["base", "base_init", "other", "base_data"], recipes) == [("base", "other")]
+    assert plan.default_pairs(["base", "base_init", "other", "base_data"], recipes) == [("base", "other")]
 
 
 # --- figures -------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ Both seed counts plug in today's sd, itself uncertain with few seeds: ``*_low``/
 them at the ends of the sd's 95% chi-square interval (both sds at the same end for Welch).
 """
 
-import itertools
 import math
 
 import numpy as np
@@ -244,10 +243,3 @@ def compare_pair(a: dict, b: dict, width: float, effect: float, alpha: float = 0
     for r, p in zip(rows, holm([r["p_value"] for r in rows])):
         r["p_holm"] = p
     return rows
-
-
-def default_pairs(runs: list[str], recipes: dict) -> list[tuple[str, str]]:
-    """Every pair of recipes in ``runs`` whose ``vary`` is all (in runs order): the recipes a study
-    compares, leaving out the one-source variants that only measure variance."""
-    main = [r for r in runs if recipes[r].get("vary", "all") == "all"]
-    return list(itertools.combinations(main, 2))

@@ -16,36 +16,12 @@ variance is estimated with noise (with 3 seeds a variance's interval is [0.27, 3
 
 import math
 
-from . import config, intervals
-from .exceptions import DataError
+from . import intervals
+from .plan import families
 
 LEVEL = intervals.LEVEL
-# The values of a recipe's ``vary``, in the schema's order (members of a family are listed so).
-SOURCES = config.choices("recipes", "vary")
 FIELDS = ["family", "recipe", "vary", "metric", "n_seeds", "mean", "var", "var_ci_low", "var_ci_high", "sd",
           "sd_ci_low", "sd_ci_high", "share_of", "share", "share_ci_low", "share_ci_high", "note"]
-
-
-def families(recipes: dict) -> list[list[str]]:
-    """Groups of recipe names whose definitions are identical apart from ``vary``, with at least two
-    members, in the order the recipes are given; members ordered as SOURCES."""
-    groups: dict[str, list[str]] = {}
-    for name, r in recipes.items():
-        key = repr(sorted((k, v) for k, v in r.items() if k != "vary"))
-        groups.setdefault(key, []).append(name)
-    order = {s: i for i, s in enumerate(SOURCES)}
-    out = []
-    for names in groups.values():
-        if len(names) < 2:
-            continue
-        varies = [recipes[n].get("vary", "all") for n in names]
-        dup = {v for v in varies if varies.count(v) > 1}
-        if dup:
-            twins = [n for n, v in zip(names, varies) if v in dup]
-            raise DataError(f"recipes {', '.join(twins)} are identical (vary: {min(dup)}): "
-                            "a study needs each source once per family")
-        out.append(sorted(names, key=lambda n: order.get(recipes[n].get("vary", "all"), len(order))))
-    return out
 
 
 def variance_sources(recipes: dict, values: dict, metric: str, level: float = LEVEL) -> list[dict]:
