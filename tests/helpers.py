@@ -27,54 +27,121 @@ def run_script(name: str, *args, check=True, timeout=300, env=None, **kw) -> sub
     return p
 
 
+def run_main(name: str, *args, check=True, env=None) -> subprocess.CompletedProcess:
+    """scripts/<name> run in this process, as ``python scripts/<name>`` would run it (``run_cli`` of its
+    ``main``, which turns a UserError into one line and exit 2), with ``env`` added to the environment
+    meanwhile; returns what run_script returns. For the checks of a script's output, exit status and
+    one-line errors that need no process of their own (run_script starts one: seconds)."""
+    import contextlib
+    import io
+
+    from cifar100.cli import run_cli
+
+    module = load_script(name.removesuffix(".py"))
+    argv, out, err = [str(SCRIPTS / name), *map(str, args)], io.StringIO(), io.StringIO()
+    saved = sys.argv, dict(os.environ)
+    sys.argv = argv
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run_cli(module.main, argv[1:])
+                code = 0
+            except SystemExit as e:  # as the interpreter reports it: sys.exit("text") prints it, exit 1
+                code = e.code if isinstance(e.code, int) or e.code is None else print(e.code, file=sys.stderr) or 1
+    finally:
+        sys.argv = saved[0]
+        os.environ.clear()
+        os.environ.update(saved[1])
+    p = subprocess.CompletedProcess(argv, code or 0, out.getvalue(), err.getvalue())
+    if check and p.returncode != 0:
+        raise AssertionError(f"{name} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
 def train_args(data_dir, out_dir, recipe=None, seed=0, *extra):
     return ["--recipe-json", json.dumps(recipe or TINY_RECIPE), "--seed", seed, "--data-dir", data_dir,
             "--model", Path(out_dir) / "model.pt", "--selection", "best_test", "--deterministic", "--device",
             "cpu", *extra]
 
 
-_SNAKEMAKE_FORKS = []
-
-
-def _snakemake_main(args, cwd, env, out, err):
-    """In a child of the fork server: ``snakemake *args`` in ``cwd`` with ``env``, its output to files."""
-    os.chdir(cwd)
-    os.environ.clear()
-    os.environ.update(env)
-    for fd, path in ((1, out), (2, err)):
-        f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        os.dup2(f, fd)
-        os.close(f)
-    sys.argv = ["snakemake", *args]  # what the Snakefile's busy-folder check reads
-    from snakemake.cli import main
-
-    main(args)  # exits; multiprocessing makes sys.exit's code the process's exit code
+# Runs each `snakemake` call in a fresh process forked from one that has imported Snakemake and the
+# libraries the Snakefile's modules import once (about 1 s of CPU a call), never the package.
+FORK_SERVER = """
+import json, os, sys
+import jsonschema, numpy, yaml  # noqa: F401
+import snakemake.cli
+for line in sys.stdin:
+    args, cwd, env, out, err = json.loads(line)
+    pid = os.fork()
+    if pid == 0:  # the child: a new snakemake, which reads the Snakefile and the package anew
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, out, os.O_WRONLY), (2, err, os.O_WRONLY)):
+            f = os.open(path, flags)
+            os.dup2(f, fd)
+            os.close(f)
+        sys.argv = ["snakemake", *args]  # what the Snakefile's busy-folder check reads
+        snakemake.cli.main(args)  # exits (SystemExit), as `python -m snakemake` does
+        sys.exit(0)
+    print(pid, flush=True)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+_fork_server = []
 
 
 def snakemake(*args, cwd=None, env=None, timeout=1200) -> subprocess.CompletedProcess:
-    """``python -m snakemake *args``, as subprocess.run(..., capture_output=True, text=True) returns it,
-    in a fresh process forked from a server that has imported Snakemake once (saves about 1 s of CPU a
-    call). Nothing of the workflow is imported before the fork: each call reads the Snakefile and the
-    package anew, so an edit of either between calls is seen as by a new ``snakemake``."""
-    import multiprocessing
+    """``python -m snakemake *args`` in ``cwd`` with ``env`` (default: this process's), as
+    ``subprocess.run(..., capture_output=True, text=True)`` returns it: a new process, forked from a
+    server that imported Snakemake once (a third of a dry run's time), never the project's package:
+    each call reads the Snakefile and scripts/ anew, so it sees every edit made before it."""
+    import atexit
+    import signal
     import tempfile
+    import threading
 
-    if not _SNAKEMAKE_FORKS:
-        multiprocessing.set_forkserver_preload(["snakemake.cli"])
-        _SNAKEMAKE_FORKS.append(multiprocessing.get_context("forkserver"))
+    if not _fork_server or _fork_server[0].poll() is not None:
+        _fork_server[:] = [subprocess.Popen([sys.executable, "-c", FORK_SERVER], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, text=True)]
+        atexit.register(_fork_server[0].stdin.close)  # the server ends with its input
+    server = _fork_server[0]
     args = [str(a) for a in args]
     with tempfile.TemporaryDirectory(prefix="snakemake-call-") as tmp:
         out, err = Path(tmp, "stdout"), Path(tmp, "stderr")
-        child = _SNAKEMAKE_FORKS[0].Process(target=_snakemake_main, args=(
-            args, str(cwd or os.getcwd()), dict(os.environ if env is None else env), str(out), str(err)))
-        child.start()
-        child.join(timeout)
-        if child.is_alive():
-            child.kill()
-            child.join()
+        out.touch()
+        err.touch()
+        request = [args, str(cwd or os.getcwd()), dict(os.environ if env is None else env), str(out), str(err)]
+        server.stdin.write(json.dumps(request) + "\n")
+        server.stdin.flush()
+        pid, killed = int(server.stdout.readline()), []
+        timer = threading.Timer(timeout, lambda: killed.append(os.kill(pid, signal.SIGKILL)))
+        timer.start()
+        code = int(server.stdout.readline())  # when the child has ended
+        timer.cancel()
+        if killed:
             raise subprocess.TimeoutExpired(["snakemake", *args], timeout)
-        return subprocess.CompletedProcess(["snakemake", *args], child.exitcode,
-                                           out.read_text(errors="replace"), err.read_text(errors="replace"))
+        return subprocess.CompletedProcess(["snakemake", *args], code, out.read_text(errors="replace"),
+                                           err.read_text(errors="replace"))
+
+
+def check_config_as_the_snakefile_does(workdir, *configfiles) -> dict:
+    """What ``snakemake -d workdir --configfile *configfiles`` does with the config before any job,
+    in this process: config.yaml with the files merged over it in order (Snakemake's own loader and
+    merge), then the Snakefile's checks (cfg.validate, cfg.refuse_shell_syntax). Returns the
+    resolved config; a bad value raises ConfigError, naming the key, the folder or the file."""
+    from snakemake.common.configfile import load_configfile
+    from snakemake.settings.types import ConfigSettings
+    from snakemake.utils import update_config
+
+    from cifar100 import config as cfg
+
+    settings = ConfigSettings(configfiles=[Path(f) for f in configfiles])
+    config = load_configfile(REPO / "config.yaml")  # the Snakefile's `configfile:`
+    update_config(config, settings.overwrite_config)
+    cfg.validate(config)
+    cfg.refuse_shell_syntax(config, workdir, REPO, [*settings.configfiles, REPO / "config.yaml"])
+    return config
 
 
 def workflow_outputs(snakefile: Path, workdir: Path, *configfiles) -> list[str]:
@@ -87,6 +154,10 @@ def workflow_outputs(snakefile: Path, workdir: Path, *configfiles) -> list[str]:
     start = next(i for i, line in enumerate(lines) if line.startswith("output_file"))
     return [line.split("\t")[0] for line in lines[start + 1:] if line.strip()]
 
+
+# A data_dir with spaces, non-ASCII letters and brackets: allowed, and every rule must handle it
+# (the try_it_here run of conftest.py uses it).
+ODD_DATA_DIR = "data dir ü (x)"
 
 # The Snakefile's data versions other than the official CIFAR-100 (data.content_version, synthetic_dir).
 DATA_VERSIONS = r"synthetic-[0-9a-f]+|md5-[0-9a-f]+"

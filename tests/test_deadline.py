@@ -4,6 +4,7 @@ import signal
 import threading
 import time
 from datetime import datetime
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,6 +25,40 @@ class FakeSlurm:
     def __call__(self, cmd):
         self.calls.append(cmd)
         return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+class Clock:
+    """deadline's clock and timers, moved by the test: a timer fires when the test advances the
+    clock past it, so no test waits for a real timer (and none depends on how fast it runs)."""
+
+    def __init__(self, now: float):
+        self.now, self.timers = now, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def Timer(self, interval, fn):
+        timer = SimpleNamespace(at=self.now + interval, interval=interval, fn=fn, daemon=False, started=False,
+                                cancelled=False)
+        timer.start = lambda: setattr(timer, "started", True)
+        timer.cancel = lambda: setattr(timer, "cancelled", True)
+        self.timers.append(timer)
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for timer in list(self.timers):  # a timer that fires may schedule another
+            if timer.started and not timer.cancelled and timer.at <= self.now and not getattr(timer, "fired", False):
+                timer.fired = True
+                timer.fn()
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A Clock at a whole second (squeue prints whole seconds), driving deadline's timers."""
+    c = Clock(float(int(time.time())))
+    monkeypatch.setattr(deadline, "threading", SimpleNamespace(Timer=c.Timer, Event=threading.Event))
+    return c
 
 
 @pytest.fixture
@@ -76,37 +111,46 @@ def test_end_time_falls_back_to_scontrol_when_squeue_fails():
     assert deadline.job_end_time({"SLURM_JOB_ID": "42"}, FakeSlurm(None)) is None
 
 
-def test_signals_itself_margin_seconds_before_the_end(usr1):
+def test_signals_itself_margin_seconds_before_the_end(usr1, clock):
     logs = []
-    end = time.time() + 6.5
-    with deadline.stop_before_end(5.0, logs.append, {"SLURM_JOB_ID": "9"}, FakeSlurm(iso(end))):
-        # squeue's answer has whole seconds: the stop comes 0.5 to 1.5 s from now.
-        assert usr1.wait(3.0), logs
+    fake = FakeSlurm(iso(clock.now + 6.5))  # squeue's whole seconds: the job ends 6 s from now
+    with deadline.stop_before_end(5.0, logs.append, {"SLURM_JOB_ID": "9"}, fake, now=clock):
+        (timer,) = clock.timers
+        assert timer.started and timer.daemon and timer.interval == 1.0  # 6 s left, 5 s margin
+        clock.advance(0.9)
+        assert not usr1.is_set() and len(fake.calls) == 1
+        clock.advance(0.1)
+        assert usr1.wait(5.0), logs  # sent by this process to itself: handled at once
+    assert len(fake.calls) == 2  # Slurm asked again just before stopping
     assert "slurm job 9: time limit at" in logs[0] and "5 s before it" in logs[0]
-    assert logs[1].startswith("slurm job 9: time limit in ") and "stopping 5 s ahead" in logs[1]
+    assert logs[1] == "slurm job 9: time limit in 5 s, stopping 5 s ahead of it"
 
 
-def test_no_signal_after_the_block_ends(usr1):
-    fake = FakeSlurm(iso(time.time() + 2.5))  # would stop 0.5 to 1.5 s from now
-    with deadline.stop_before_end(1.0, lambda m: None, {"SLURM_JOB_ID": "9"}, fake):
+def test_no_signal_after_the_block_ends(usr1, clock):
+    fake = FakeSlurm(iso(clock.now + 2))  # would stop 1 s from now
+    with deadline.stop_before_end(1.0, lambda m: None, {"SLURM_JOB_ID": "9"}, fake, now=clock):
         pass
-    assert not usr1.wait(2.0)
-    assert len(fake.calls) == 1  # the timer never ran
+    (timer,) = clock.timers
+    assert timer.cancelled
+    clock.advance(5)
+    assert not usr1.is_set() and len(fake.calls) == 1  # the timer never ran
 
 
-def test_a_raised_limit_moves_the_stop(usr1):
-    now = time.time()
-    fake = FakeSlurm(iso(now + 2.5), iso(now + 3600))  # at the first stop, Slurm says an hour later
-    with deadline.stop_before_end(1.0, lambda m: None, {"SLURM_JOB_ID": "9"}, fake):
-        assert not usr1.wait(2.5)
-    assert len(fake.calls) == 2
+def test_a_raised_limit_moves_the_stop(usr1, clock):
+    fake = FakeSlurm(iso(clock.now + 2), iso(clock.now + 3600))  # at the first stop, Slurm says an hour later
+    with deadline.stop_before_end(1.0, lambda m: None, {"SLURM_JOB_ID": "9"}, fake, now=clock):
+        clock.advance(1)
+        assert len(fake.calls) == 2 and not usr1.is_set()
+        first, second = clock.timers
+        assert first.interval == 1.0 and second.started and second.interval == 3600 - 1 - 1
+    assert second.cancelled and not usr1.is_set()
 
 
-def test_outside_slurm_or_without_a_limit_nothing_is_armed(usr1):
+def test_outside_slurm_or_without_a_limit_nothing_is_armed(usr1, clock):
     logs = []
-    with deadline.stop_before_end(0.0, logs.append, {}, FakeSlurm(iso(time.time()))):
-        assert not usr1.wait(0.5)
-    assert logs == []
+    with deadline.stop_before_end(0.0, logs.append, {}, FakeSlurm(iso(clock.now)), now=clock):
+        clock.advance(1)
+    assert logs == [] and not clock.timers and not usr1.is_set()
     with deadline.stop_before_end(60.0, logs.append, {"SLURM_JOB_ID": "9"}, FakeSlurm("Unknown")):
         pass
     assert logs == ["slurm job 9: no time limit found; relying on the SIGTERM at the limit"]

@@ -117,17 +117,16 @@ def test_arithmetic_names_what_changes_the_numbers():
     assert a["cpu_capability"] and a["threads"] >= 1 and len(a["training_code"]) == 64
 
 
-def test_eval_batches_are_one_copy_into_the_models_layout_and_the_crop_table_is_cached():
+def test_eval_batches_are_one_copy_into_the_models_layout_and_a_reused_crop_table_changes_no_batch():
     images = torch.randint(0, 256, (20, 32, 32, 3), dtype=torch.uint8).numpy()
     split = pipeline.DeviceSplit(images, list(range(20)), "cpu")
     plain = torch.cat([x for x, _ in pipeline.eval_batches(split, 8)])
     last = [x for x, _ in pipeline.eval_batches(split, 8, channels_last=True)]
     assert all(x.is_contiguous(memory_format=torch.channels_last) for x in last)
     assert torch.equal(torch.cat(last), plain)
-    pipeline._window_offsets.cache_clear()
-    for _ in range(3):
-        list(pipeline.train_batches(split, 8, seed=0, epoch=1))
-    info = pipeline._window_offsets.cache_info()
-    assert info.misses == 1 and info.hits == 8  # one int table, reused by every batch
+    # Every batch gathers through one table of window offsets, kept between calls: three passes over
+    # the same epoch give the same crops (how often it is built is the pipeline's business).
+    passes = [[x for _, x, _ in pipeline.train_batches(split, 8, seed=0, epoch=1)] for _ in range(3)]
+    assert len(passes[0]) == 3 and all(torch.equal(a, b) for p in passes[1:] for a, b in zip(passes[0], p))
     table = pipeline._window_offsets(3, 40, 40, torch.device("cpu"), False, torch.int32)
     assert table.dtype == torch.int32

@@ -39,7 +39,9 @@ def _history(path, drop=("seconds", "images_per_s")):
         return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(f)]
 
 
-@pytest.mark.parametrize("name", RECIPES)
+# The fast loop resumes the recipe with the most parts (EMA, warm-up, multi-step); -m slow the others.
+@pytest.mark.parametrize("name", [n if n == "ema_warmup_multistep" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in RECIPES])
 def test_killed_mid_epoch_and_resumed_is_bit_identical(tiny_data, tmp_path, monkeypatch, name):
     spec = _spec(**RECIPES[name])
     _run(tiny_data, tmp_path / "clean", spec)

@@ -19,7 +19,7 @@ from cifar100 import checkpoint, data, deadline, engine, files, readers, resume
 from cifar100.config import validate
 from cifar100.exceptions import CheckpointError, ConfigError
 from cifar100.model import resnet18
-from helpers import REPO, SCRIPTS, TINY_RECIPE, load_script, run_script, train_args
+from helpers import REPO, SCRIPTS, TINY_RECIPE, load_script, run_main, run_script, train_args
 
 ONE_EPOCH = {**TINY_RECIPE, "epochs": 1}
 
@@ -54,15 +54,18 @@ def test_a_run_in_a_folder_of_the_users_files_removes_only_its_own_temps(tiny_da
     ours.write_bytes(b"half a checkpoint")
     assert files.is_temp_name(ours.name) and not any(files.is_temp_name(p.name) for p in folder.iterdir()
                                                       if p != ours)
-    p = run_script("train.py", *train_args(tiny_data, folder, ONE_EPOCH))
+    p = run_main("train.py", *train_args(tiny_data, folder, ONE_EPOCH))
     assert "epoch 1/1" in p.stdout
     assert not ours.exists()
     after = _snapshot(folder)
     assert {k: v for k, v in after.items() if k in users} == users  # every file and folder of the user, as it was
 
 
-@pytest.mark.parametrize("kind", ["a user's JSON", "a folder", "random bytes", "a record of another project"])
-def test_a_diverged_json_that_is_not_ours_is_kept_whole_and_training_runs(tiny_data, tmp_path, kind):
+@pytest.mark.parametrize("kind, run", [
+    *[(kind, run_main) for kind in ("a user's JSON", "a folder", "random bytes", "a record of another project")],
+    pytest.param("a folder", run_script, marks=pytest.mark.slow, id="a folder-python scripts/train.py"),
+])
+def test_a_diverged_json_that_is_not_ours_is_kept_whole_and_training_runs(tiny_data, tmp_path, kind, run):
     folder = tmp_path / "run"
     folder.mkdir()
     target = folder / "diverged.json"
@@ -77,7 +80,7 @@ def test_a_diverged_json_that_is_not_ours_is_kept_whole_and_training_runs(tiny_d
     else:  # shaped like ours, but not marked as written by this project
         target.write_text(json.dumps({"format": "other/1", "fingerprint": {"seed": 0}, "message": "x"}))
     before = _tree(target)
-    p = run_script("train.py", *train_args(tiny_data, folder, ONE_EPOCH))
+    p = run("train.py", *train_args(tiny_data, folder, ONE_EPOCH))
     (aside,) = folder.glob("diverged.json.unreadable-*")
     assert _tree(aside) == before  # kept whole, under a new name
     assert f"ignoring {target} (moved to {aside.name})" in p.stdout and (folder / "model.pt").is_file()
@@ -96,7 +99,7 @@ def test_history_or_model_that_is_a_folder_stops_before_training(tiny_data, tmp_
     folder = tmp_path / "run"
     (folder / "history.csv").mkdir(parents=True)
     (folder / "history.csv" / "inside").write_text("kept")
-    p = run_script("train.py", *train_args(tiny_data, folder, ONE_EPOCH), check=False)
+    p = run_main("train.py", *train_args(tiny_data, folder, ONE_EPOCH), check=False)
     assert "a folder where this run writes a file" in _one_line_error(p, "train.py")
     assert "epoch 1" not in p.stdout and (folder / "history.csv" / "inside").read_text() == "kept"
 
@@ -121,7 +124,7 @@ def predictions(tiny_data, tmp_path):
 def _report(tiny_data, tmp_path, predictions, metrics_text):
     (tmp_path / "metrics.json").write_text(metrics_text)
     out = tmp_path / "out"
-    return run_script("report.py", "--predictions", predictions, "--metrics", tmp_path / "metrics.json",
+    return run_main("report.py", "--predictions", predictions, "--metrics", tmp_path / "metrics.json",
                       "--data-dir", tiny_data, "--report-csv", out / "r.csv", "--report-json", out / "r.json",
                       "--report-txt", out / "r.txt", "--reliability", out / "rel.png", "--summary",
                       out / "summary.json", check=False)
@@ -172,7 +175,7 @@ def test_a_damaged_history_is_refused_in_one_line(tmp_path, damage, message):
     path = _history(tmp_path)
     path.write_bytes(damage(path.read_bytes()))
     (tmp_path / "metrics.json").write_text(json.dumps(_metrics(selected_epoch=1, run_spec={"recipe": TINY_RECIPE})))
-    p = run_script("curves.py", "--history", path, "--metrics", tmp_path / "metrics.json",
+    p = run_main("curves.py", "--history", path, "--metrics", tmp_path / "metrics.json",
                    "--figure", tmp_path / "c.png", check=False)
     n = len(engine.HISTORY_FIELDS)
     assert message.format(n=n - 3, n3=n) in _one_line_error(p, "curves.py")
@@ -181,7 +184,7 @@ def test_a_damaged_history_is_refused_in_one_line(tmp_path, damage, message):
 
 def test_a_history_that_is_a_folder_is_one_line(tmp_path):
     (tmp_path / "history.csv").mkdir()
-    p = run_script("curves.py", "--history", tmp_path / "history.csv", "--figure", tmp_path / "c.png", check=False)
+    p = run_main("curves.py", "--history", tmp_path / "history.csv", "--figure", tmp_path / "c.png", check=False)
     assert "a folder, not a CSV file" in _one_line_error(p, "curves.py")
 
 
@@ -208,7 +211,7 @@ def test_a_fine_class_in_two_superclasses_is_refused(tmp_path, tiny_data):
         obj["coarse_labels"][i] = (obj["coarse_labels"][i] + 1) % 5
 
     _rewrite(root / "train", move)
-    p = run_script("download.py", "--data-dir", d, check=False)
+    p = run_main("download.py", "--data-dir", d, check=False)
     msg = _one_line_error(p, "download.py")
     assert f"{root / 'train'}: coarse labels disagree with fine labels: fine class {fine[0]}" in msg
     assert "each fine class must belong to exactly one superclass" in msg
@@ -221,7 +224,7 @@ def test_train_and_test_placing_a_class_in_different_superclasses_is_refused(tmp
         obj["coarse_labels"] = [(c + 1) % 5 for c in obj["coarse_labels"]]
 
     _rewrite(root / "test", shift)
-    p = run_script("download.py", "--data-dir", d, check=False)
+    p = run_main("download.py", "--data-dir", d, check=False)
     assert "coarse labels disagree between train and test: fine class 'class00'" in _one_line_error(p, "download.py")
 
 
@@ -272,8 +275,8 @@ def test_a_crafted_label_list_is_refused_in_one_line_without_a_crash(tmp_path, t
     (["--checkpoint-margin", "-5"], "argument --checkpoint-margin: must be a finite number of seconds >= 0"),
 ])
 def test_bad_train_flags_are_refused_before_any_work(tiny_data, tmp_path, flags, message):
-    p = run_script("train.py", *train_args(tiny_data, tmp_path, ONE_EPOCH), *flags, check=False,
-                   env={"SLURM_JOB_ID": "1", "SLURM_JOB_END_TIME": "4102444800"})
+    p = run_main("train.py", *train_args(tiny_data, tmp_path, ONE_EPOCH), *flags, check=False,
+                 env={"SLURM_JOB_ID": "1", "SLURM_JOB_END_TIME": "4102444800"})
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(f"train.py: error: {message}")
     assert not any(tmp_path.iterdir())
 
@@ -286,18 +289,18 @@ def test_a_nan_margin_never_fires_the_stop_signal():
 
 def test_an_unwritable_model_folder_is_one_line_before_training(tiny_data):
     # /proc takes no new files, even for root (chmod would not stop root)
-    p = run_script("train.py", *train_args(tiny_data, "/proc", ONE_EPOCH), check=False)
+    p = run_main("train.py", *train_args(tiny_data, "/proc", ONE_EPOCH), check=False)
     assert "cannot write /proc/attempts.log" in _one_line_error(p, "train.py")
 
 
 def test_an_unwritable_data_dir_for_a_synthetic_set_is_one_line():
-    p = run_script("download.py", "--data-dir", "/proc/cifar100-data", "--dataset", "synthetic", check=False)
+    p = run_main("download.py", "--data-dir", "/proc/cifar100-data", "--dataset", "synthetic", check=False)
     assert "cannot write a dataset into /proc/cifar100-data/synthetic-" in _one_line_error(p, "download.py")
 
 
 def test_a_figure_of_an_unknown_format_is_one_line(tmp_path):
     _history(tmp_path)
-    p = run_script("curves.py", "--history", tmp_path / "history.csv", "--figure", tmp_path / "x.xyz", check=False)
+    p = run_main("curves.py", "--history", tmp_path / "history.csv", "--figure", tmp_path / "x.xyz", check=False)
     assert "x.xyz: cannot write a figure as .xyz: use one of" in _one_line_error(p, "curves.py")
     assert list(tmp_path.iterdir()) == [tmp_path / "history.csv"]
 
@@ -331,6 +334,7 @@ def test_a_model_pt_asking_for_a_huge_width_is_refused_before_allocating(tmp_pat
 
 # --- 5. a SIGTERM after the final save: the job succeeded ------------------------------------------
 
+@pytest.mark.slow  # a training subprocess
 def test_sigterm_right_after_training_finished_exits_zero(tiny_data, tmp_path):
     # The signal is sent by the process itself the moment engine.train returns (model.pt written):
     # the same moment every time, whatever the machine's speed.
@@ -381,10 +385,10 @@ def test_hostile_class_names_reach_the_report_page_as_plain_text(tmp_path, tiny_
         logits[worst, test.labels[worst]] = -9.0  # ... except one
         files.write_npz(tmp_path / f"p{seed}.npz", logits=logits, labels=test.labels)
         (tmp_path / f"m{seed}.json").write_text(json.dumps(_metrics(seed=seed, n=len(test))))
-        run_script("report.py", "--predictions", tmp_path / f"p{seed}.npz", "--metrics", tmp_path / f"m{seed}.json",
-                   "--data-dir", d, "--report-csv", out / f"r{seed}.csv", "--report-json", out / f"r{seed}.json",
-                   "--report-txt", out / f"r{seed}.txt", "--reliability", out / f"rel{seed}.png",
-                   "--summary", out / f"s{seed}.json")
+        run_main("report.py", "--predictions", tmp_path / f"p{seed}.npz", "--metrics", tmp_path / f"m{seed}.json",
+                 "--data-dir", d, "--report-csv", out / f"r{seed}.csv", "--report-json", out / f"r{seed}.json",
+                 "--report-txt", out / f"r{seed}.txt", "--reliability", out / f"rel{seed}.png",
+                 "--summary", out / f"s{seed}.json")
         summaries.append(out / f"s{seed}.json")
     hostile_in = {json.loads(s.read_text())["notebook"][k] for s in summaries for k in ("best_class", "worst_class")}
     assert hostile_in & set(HOSTILE_NAMES) == {HOSTILE_NAMES[0], HOSTILE_NAMES[-1], HOSTILE_NAMES[-2]}
@@ -424,9 +428,9 @@ def _seed_files(tmp_path, seed, capability, device="cpu"):
 def test_seeds_summary_says_when_seeds_ran_on_different_arithmetic(tmp_path, capabilities, differs):
     runs = [_seed_files(tmp_path, seed, c) for seed, c in enumerate(capabilities)]
     out = tmp_path / "seeds_summary.csv"
-    p = run_script("aggregate.py", "--summaries", *[r[0] for r in runs], "--histories", *[r[1] for r in runs],
-                   "--per-class", *[r[2] for r in runs], "--seeds-summary", out, "--seeds-per-class",
-                   tmp_path / "per_class.csv", "--curves", tmp_path / "curves.png")
+    p = run_main("aggregate.py", "--summaries", *[r[0] for r in runs], "--histories", *[r[1] for r in runs],
+                 "--per-class", *[r[2] for r in runs], "--seeds-summary", out, "--seeds-per-class",
+                 tmp_path / "per_class.csv", "--curves", tmp_path / "curves.png")
     _, rows = readers.read_csv(out, ["row", "note"])
     mean = next(r for r in rows if r["row"] == "mean")
     expected = ("the seeds ran on different arithmetic, so their spread includes it "
@@ -450,6 +454,7 @@ SLEEPER = """rule hold:
 """
 
 
+@pytest.mark.slow  # two snakemake processes
 def test_a_second_snakemake_in_a_busy_folder_says_the_folder_is_in_use(tmp_path):
     wd = tmp_path / "wd"
     wd.mkdir()
@@ -478,6 +483,7 @@ def test_a_second_snakemake_in_a_busy_folder_says_the_folder_is_in_use(tmp_path)
         first.wait(timeout=60)
 
 
+@pytest.mark.slow  # snakemake -n (test_slurm_submit.py checks { and } in this process)
 def test_braces_in_data_dir_are_one_config_error_not_a_wildcard_error(tmp_path):
     p = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n",
                         "--configfile", str(REPO / "tests" / "tiny.yaml"), "--config", f"data_dir={tmp_path}/d{{x}}"],
@@ -496,8 +502,8 @@ def test_braces_in_data_dir_are_one_config_error_not_a_wildcard_error(tmp_path):
 def test_aggregate_refuses_a_damaged_seed_file_in_one_line(tmp_path, damage, message):
     runs = [_seed_files(tmp_path, seed, "AVX2") for seed in (0, 1)]
     damage(runs[1][0], runs[1][1])
-    p = run_script("aggregate.py", "--summaries", *[r[0] for r in runs], "--histories", *[r[1] for r in runs],
-                   "--per-class", *[r[2] for r in runs], "--seeds-summary", tmp_path / "s.csv", "--seeds-per-class",
-                   tmp_path / "per_class.csv", "--curves", tmp_path / "curves.png", check=False)
+    p = run_main("aggregate.py", "--summaries", *[r[0] for r in runs], "--histories", *[r[1] for r in runs],
+                 "--per-class", *[r[2] for r in runs], "--seeds-summary", tmp_path / "s.csv", "--seeds-per-class",
+                 tmp_path / "per_class.csv", "--curves", tmp_path / "curves.png", check=False)
     assert message in _one_line_error(p, "aggregate.py")
     assert not (tmp_path / "s.csv").exists()

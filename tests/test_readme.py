@@ -205,15 +205,10 @@ def test_report_dependency_is_declared():
 # ---- the README's commands with only the declared dependencies (slow: runs the tiny workflow) -----
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The README's "try it here", then its report command, with only the declared dependencies."""
-    root = tmp_path_factory.mktemp("readme")
-    wd, env = root / "run", declared_only_env(root / "guard")
-    p = snakemake("--cores", "2", "--configfile", "tests/tiny.yaml", "-d", wd, env=env)
-    assert p.returncode == 0, "try it here: " + failed(p, env, wd)
-    p = snakemake("--configfile", "tests/tiny.yaml", "-d", wd, "--report", wd / "report.html", env=env)
-    assert p.returncode == 0, "report: " + failed(p, env, wd)
-    return root, wd
+def tiny_run(try_it_here):
+    """The README's "try it here", then its report command, with only the declared dependencies
+    (run once for the session, in a copy of the repository: tests/conftest.py)."""
+    return try_it_here.root, try_it_here.workdir
 
 
 @pytest.mark.slow
@@ -225,11 +220,12 @@ def test_try_it_here_and_report_work_with_only_the_declared_dependencies(tiny_ru
 
 
 @pytest.mark.slow
-def test_the_check_would_catch_an_undeclared_report_dependency(tiny_run):
+def test_the_check_would_catch_an_undeclared_report_dependency(try_it_here):
     """The issue's failure, reproduced by refusing pygments: the check is not vacuous."""
-    root, wd = tiny_run
+    root, wd = try_it_here.root, try_it_here.workdir
     env = declared_only_env(root / "guard_no_pygments", refuse={"pygments"})
-    p = snakemake("--configfile", "tests/tiny.yaml", "-d", wd, "--report", root / "no_pygments.html", env=env)
+    p = snakemake(*try_it_here.configs, "-d", wd, "--report", root / "no_pygments.html", env=env,
+                  cwd=try_it_here.workflow)
     assert p.returncode != 0 and "pygments must be installed" in p.stdout + p.stderr, failed(p, env)
 
 

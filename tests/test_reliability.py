@@ -3,7 +3,6 @@
 import copy
 import errno
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -13,13 +12,14 @@ import time
 import pytest
 import torch
 
-from cifar100 import checkpoint, data, engine
+from cifar100 import checkpoint, data, engine, files
 from cifar100.config import load as load_config
 from cifar100.config import validate
 from cifar100.exceptions import ConfigError, Diverged, OutputError
-from helpers import Evil, REPO, SCRIPTS, TINY_RECIPE, preempt_then_resume, run_script, same_weights, train_args
+from helpers import (Evil, REPO, SCRIPTS, TINY_RECIPE, preempt_then_resume, run_main, run_script, same_weights,
+                     train_args)
 
-LONG = {**TINY_RECIPE, "epochs": 6, "batch_size": 32}  # 10 steps per epoch on the tiny set
+LONG = {**TINY_RECIPE, "epochs": 3, "batch_size": 32}  # 10 steps an epoch on the tiny set: stops in epoch 2 below
 
 
 def _spec(deterministic=False, **recipe):
@@ -27,18 +27,44 @@ def _spec(deterministic=False, **recipe):
                           val_size=50, deterministic=deterministic, precision="bf16", compile=False)
 
 
-def _popen_train(tiny_data, out, recipe=LONG):
-    cmd = [sys.executable, str(SCRIPTS / "train.py"), *map(str, train_args(tiny_data, out, recipe))]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+# train.py, made to send itself a signal at a chosen point: right after its STEP-th SGD step, or
+# in the middle of its SAVE-th checkpoint write (half the new file written, not yet renamed over
+# the old one). The same point on every machine, however fast.
+SIGNAL_ITSELF = """
+import importlib.util, os, sys
+sys.path.insert(0, {scripts!r})
+from cifar100 import checkpoint, engine
+from cifar100.cli import run_cli
+signum, step, save, counts = {signum}, {step}, {save}, {{"step": 0, "save": 0}}
+real_step, real_save = engine.train_step, checkpoint.torch.save
+
+def step_then_signal(*args):
+    out = real_step(*args)
+    counts["step"] += 1
+    if counts["step"] == step:
+        os.kill(os.getpid(), signum)
+    return out
+
+def save_then_signal(obj, f, *args, **kw):
+    real_save(obj, f, *args, **kw)
+    counts["save"] += 1
+    if counts["save"] == save:
+        os.truncate(f, os.path.getsize(f) // 2)
+        os.kill(os.getpid(), signum)
+
+engine.train_step, checkpoint.torch.save = step_then_signal, save_then_signal
+spec = importlib.util.spec_from_file_location("train", {train!r})
+train = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train)
+run_cli(train.main, sys.argv[1:])
+"""
 
 
-def _wait_for(path, proc, timeout=180):
-    t0 = time.time()
-    while not path.exists():
-        assert proc.poll() is None, f"training ended early:\n{proc.stdout.read()}"
-        assert time.time() - t0 < timeout, f"{path} never appeared"
-        time.sleep(0.02)
+def _train_signalling_itself(tiny_data, out, signum, step=0, save=0):
+    code = SIGNAL_ITSELF.format(scripts=str(SCRIPTS), train=str(SCRIPTS / "train.py"), signum=int(signum),
+                                step=step, save=save)
+    return subprocess.run([sys.executable, "-c", code, *map(str, train_args(tiny_data, out, LONG))],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +75,19 @@ def clean_run(tiny_data, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_sigkill_at_a_random_point_then_rerun_is_bit_identical(tiny_data, tmp_path, clean_run):
+@pytest.mark.parametrize("where", [{"step": 13}, {"save": 2}], ids=["mid-epoch", "mid-save"])
+def test_sigkill_mid_epoch_or_mid_save_then_rerun_is_bit_identical(tiny_data, tmp_path, clean_run, where):
+    """Killed (no handler runs) in epoch 2, after its 3rd step; or while writing epoch 2's last.pt."""
     out = tmp_path / "run"
-    proc = _popen_train(tiny_data, out)
-    _wait_for(out / "last.pt", proc)  # at least one epoch done
-    time.sleep(random.uniform(0.0, 1.0))  # then anywhere: mid-step, mid-epoch, mid-save
-    assert proc.poll() is None, "training finished before it could be killed"
-    proc.kill()
-    assert proc.wait() == -signal.SIGKILL
+    p = _train_signalling_itself(tiny_data, out, signal.SIGKILL, **where)
+    assert p.returncode == -signal.SIGKILL, (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
     assert not (out / "model.pt").exists()
+    assert checkpoint.load(out / "last.pt")["position"] == {"epoch": 2, "step": 0}  # epoch 1's, intact
+    half_written = [f for f in out.iterdir() if files.is_temp_name(f.name)]
+    assert len(half_written) == ("save" in where), half_written
     p = run_script("train.py", *train_args(tiny_data, out, LONG))
     assert "resuming from" in p.stdout
+    assert not [f for f in out.iterdir() if files.is_temp_name(f.name)]
     attempts = (out / "attempts.log").read_text()  # both attempts, though the rule's log keeps one
     assert attempts.count("training baseline seed 0") == 2 and "resuming from" in attempts
     assert same_weights(out / "model.pt", clean_run / "model.pt")
@@ -72,28 +100,24 @@ def test_sigkill_at_a_random_point_then_rerun_is_bit_identical(tiny_data, tmp_pa
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
 def test_signal_checkpoints_mid_epoch_exits_nonzero_and_resumes_exactly(tiny_data, tmp_path, clean_run, sig):
     out = tmp_path / "run"
-    proc = _popen_train(tiny_data, out)
-    _wait_for(out / "last.pt", proc)
-    time.sleep(random.uniform(0.05, 0.5))
-    proc.send_signal(sig)
-    output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 128 + sig, output
+    p = _train_signalling_itself(tiny_data, out, sig, step=13)  # in epoch 2, after its 3rd step
+    output = p.stdout + p.stderr
+    assert p.returncode == 128 + sig, output
     assert f"received signal {int(sig)}" in output and "resume checkpoint written" in output
     assert "stopped: stopped by signal" in (out / "attempts.log").read_text()
     state = torch.load(out / "last.pt", weights_only=True)
-    assert not state["complete"] and state["position"]["epoch"] >= 2
+    assert not state["complete"] and state["position"] == {"epoch": 2, "step": 3}
     p = run_script("train.py", *train_args(tiny_data, out, LONG))
     pos = state["position"]
     assert f"resuming from {out / 'last.pt'}: epoch {pos['epoch']}, step {pos['step']}" in p.stdout
     assert same_weights(out / "model.pt", clean_run / "model.pt")
 
 
+@pytest.mark.slow  # training subprocesses
 def test_resume_checkpoint_of_another_seed_or_recipe_is_ignored(tiny_data, tmp_path):
     out = tmp_path / "run"
-    proc = _popen_train(tiny_data, out)
-    _wait_for(out / "last.pt", proc)
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+    p = _train_signalling_itself(tiny_data, out, signal.SIGTERM, step=13)  # seed 0 stopped in epoch 2
+    assert p.returncode == 128 + signal.SIGTERM and not checkpoint.load(out / "last.pt")["complete"], p.stderr
     p = run_script("train.py", *train_args(tiny_data, out, LONG, 7))
     assert "ignoring resume checkpoint" in p.stdout and "seed 0" in p.stdout and "seed 7" in p.stdout
     assert "resuming" not in p.stdout
@@ -101,6 +125,7 @@ def test_resume_checkpoint_of_another_seed_or_recipe_is_ignored(tiny_data, tmp_p
     assert "ignoring resume checkpoint" in p.stdout  # same seed, different recipe
 
 
+@pytest.mark.slow  # training subprocesses (in this process: test_run_identity.py)
 def test_a_finished_run_is_rebuilt_from_last_pt_and_never_trained_again(tiny_data, tmp_path):
     out = tmp_path / "run"
     run_script("train.py", *train_args(tiny_data, out))
@@ -130,6 +155,7 @@ def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(tiny_data, 
     assert not (tmp_path / "model.pt").exists()
 
 
+@pytest.mark.slow  # a training subprocess (in this process: the test above)
 def test_divergence_from_the_cli_is_one_line_and_exit_2(tiny_data, tmp_path):
     # weight decay 1 at lr 100 multiplies every weight by -99 a step: inf within two epochs
     recipe = {**TINY_RECIPE, "epochs": 4, "lr": 100, "weight_decay": 1}
@@ -182,7 +208,7 @@ def test_file_size_limit_is_a_clear_error_and_the_old_file_survives(tmp_path):
 def test_unwritable_results_folder(tiny_data, tmp_path):
     blocker = tmp_path / "results"
     blocker.write_text("a file where a folder should be")
-    p = run_script("train.py", *train_args(tiny_data, blocker / "baseline" / "seed0"), check=False)
+    p = run_main("train.py", *train_args(tiny_data, blocker / "baseline" / "seed0"), check=False)
     assert p.returncode == 2 and "cannot create folder" in p.stderr.splitlines()[-1]
 
 
@@ -191,16 +217,16 @@ def test_unwritable_results_folder(tiny_data, tmp_path):
 @pytest.fixture(scope="module")
 def model_ckpt(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("model")
-    run_script("train.py", *train_args(tiny_data, out, {**TINY_RECIPE, "epochs": 1}))
+    run_main("train.py", *train_args(tiny_data, out, {**TINY_RECIPE, "epochs": 1}))
     return out / "model.pt"
 
 
 
 
 def _evaluate_error(ckpt, data_dir):
-    p = run_script("evaluate.py", "--checkpoint", ckpt, "--data-dir", data_dir, "--predictions",
-                   ckpt.parent / "eval" / "predictions.npz", "--metrics", ckpt.parent / "eval" / "metrics.json",
-                   check=False)
+    p = run_main("evaluate.py", "--checkpoint", ckpt, "--data-dir", data_dir, "--predictions",
+                 ckpt.parent / "eval" / "predictions.npz", "--metrics", ckpt.parent / "eval" / "metrics.json",
+                 check=False)
     assert p.returncode == 2, p.stdout + p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("evaluate.py: error: "), p.stderr
@@ -313,14 +339,15 @@ def test_resumed_after_the_last_epoch_still_writes_every_output(tiny_data, tmp_p
     assert len((tmp_path / "history.csv").read_text().splitlines()) == 3 and (tmp_path / "model.pt").exists()
 
 
-def test_a_diverged_run_fails_at_once_when_retried_until_its_recipe_changes(tiny_data, tmp_path):
+def test_a_diverged_run_fails_at_once_when_retried_until_its_recipe_changes(tiny_data, tmp_path, monkeypatch):
     spec = _spec(epochs=3, gamma=1e12)
     with pytest.raises(Diverged):
         _run(tiny_data, tmp_path, spec)
-    t0 = time.time()
+    real_step, steps = engine.train_step, []
+    monkeypatch.setattr(engine, "train_step", lambda *a: steps.append(1) or real_step(*a))
     with pytest.raises(Diverged, match=r"diverged at epoch 2.*in an earlier attempt, recorded in .*diverged\.json"):
         _run(tiny_data, tmp_path, spec)
-    assert time.time() - t0 < 5
+    assert not steps  # refused from the record: not one step trained again
     _run(tiny_data, tmp_path, _spec(epochs=1))  # a fixed recipe trains, and forgets the record
     assert not (tmp_path / "diverged.json").exists()
 

@@ -8,7 +8,7 @@ import pytest
 
 from cifar100 import checkpoint, data, engine
 from cifar100.exceptions import CheckpointError, Preempted
-from helpers import TINY_RECIPE, run_script, same_weights, signal_after_steps
+from helpers import TINY_RECIPE, run_main, same_weights, signal_after_steps
 
 
 def spec(**kw):
@@ -36,13 +36,19 @@ def other_data(tmp_path):
     return d
 
 
-@pytest.fixture
-def finished(tiny_data, tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def finished_once(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
     with pytest.warns(UserWarning, match="slower"):
         logs = train(tiny_data, out)
     assert trained(logs)
     return out
+
+
+@pytest.fixture
+def finished(finished_once, tmp_path):
+    """A finished run of its own for each test (model.pt, last.pt, history.csv): a copy of one training."""
+    return shutil.copytree(finished_once, tmp_path / "run")
 
 
 def test_the_data_digest_follows_the_content_not_the_folder(tiny_data, other_data, tmp_path):
@@ -120,10 +126,10 @@ def test_evaluation_refuses_a_model_trained_on_other_data(finished, other_data, 
     out = tmp_path / "eval"
     args = ["--checkpoint", finished / "model.pt", "--predictions", out / "predictions.npz",
             "--metrics", out / "metrics.json", "--device", "cpu"]
-    p = run_script("evaluate.py", *args, "--data-dir", other_data, check=False)
+    p = run_main("evaluate.py", *args, "--data-dir", other_data, check=False)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "trained on other data" in p.stderr
     assert not out.exists() or not any(out.iterdir())
-    run_script("evaluate.py", *args, "--data-dir", tiny_data)
+    run_main("evaluate.py", *args, "--data-dir", tiny_data)
     assert (out / "predictions.npz").is_file()
 
 

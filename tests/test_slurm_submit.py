@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO
+from helpers import REPO, check_config_as_the_snakefile_does, snakemake
 
 from cifar100 import config as cfg
 from cifar100.exceptions import ConfigError
@@ -45,22 +45,26 @@ with open(calls, "a") as f:
     f.write(json.dumps({{"argv": sys.argv[1:], "script": script}}) + "\\n")
 stash = os.path.join(here, "stash")
 workdir = sys.argv[sys.argv.index("-D") + 1]
-for root, _, files in os.walk(stash):  # the job "ran": its outputs (and all others) exist
-    for name in files:
-        target = os.path.join(workdir, os.path.relpath(os.path.join(root, name), stash))
-        if not os.path.exists(target):
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            open(target, "w").close()
+placed = os.path.join(here, "placed")  # the working directories whose outputs are all in place
+if workdir not in (open(placed).read().splitlines() if os.path.exists(placed) else []):
+    for root, _, files in os.walk(stash):  # the job "ran": its outputs (and all others) exist
+        for name in files:
+            target = os.path.join(workdir, os.path.relpath(os.path.join(root, name), stash))
+            if not os.path.exists(target):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                open(target, "w").close()
+    with open(placed, "a") as f:
+        f.write(workdir + "\\n")
 print(1000 + n)
 """
 SQUEUE = f"""#!{sys.executable}
-import os
+import json, os
 calls = os.path.join(os.environ["FAKE_SLURM_DIR"], "calls.jsonl")
-n = sum(1 for _ in open(calls)) if os.path.exists(calls) else 0
-for i in range(n):  # plain jobs and array tasks (<id>_<task>) alike
+for i, line in enumerate(open(calls) if os.path.exists(calls) else []):  # plain jobs and array tasks alike
     print(f"{{1000 + i}}|COMPLETED")
-    for task in range(1, 201):
-        print(f"{{1000 + i}}_{{task}}|COMPLETED")
+    if any(a.startswith("--array") for a in json.loads(line)["argv"]):
+        for task in range(1, 201):
+            print(f"{{1000 + i}}_{{task}}|COMPLETED")
 """
 SCONTROL = "#!/bin/sh\necho 'MaxArraySize = 1001'\necho 'MinJobAge = 600 sec'\n"
 ABSENT = "#!/bin/sh\nexit 1\n"  # sacct, sacctmgr, sshare: no accounting database
@@ -78,9 +82,8 @@ class FakeSlurm:
         self.env = {**os.environ, "FAKE_SLURM_DIR": str(folder), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
     def snakemake(self, workdir: Path, *args, profiles=(PROFILE, TEST_PROFILE), timeout=900):
-        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-               *[a for p in profiles for a in ("--profile", str(p))], *map(str, args)]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=self.env)
+        return snakemake("-s", REPO / "Snakefile", "-d", workdir, *[a for p in profiles for a in ("--profile", p)],
+                         *args, timeout=timeout, cwd=REPO, env=self.env)
 
     def run(self, workdir: Path, *args, profiles=(PROFILE, TEST_PROFILE)) -> list[dict]:
         """Submit the whole DAG; returns the sbatch calls. Every output is stashed first (from the
@@ -106,6 +109,13 @@ class FakeSlurm:
 @pytest.fixture
 def fake(tmp_path):
     return FakeSlurm(tmp_path / "fake slurm")
+
+
+@pytest.fixture(scope="module")
+def two_seed_calls(tmp_path_factory) -> list[dict]:
+    """The sbatch calls of tests/tiny.yaml + tests/slurm_tiny.yaml through the shipped profile."""
+    root = tmp_path_factory.mktemp("two_seeds")
+    return FakeSlurm(root / "fake slurm").run(root / "run", "--configfile", TINY, SLURM_TINY)
 
 
 def option(argv: list[str], *names: str) -> str | None:
@@ -169,8 +179,9 @@ def assert_bounded(requests: list[dict]):
     assert {r["job"] for r in requests} <= GPU_RULES | {"analysis", "summary"}, "a CPU rule outside the groups"
 
 
-def test_a_two_seed_run_submits_nine_bounded_jobs(fake, tmp_path):
-    requests = [request(c) for c in fake.run(tmp_path / "run", "--configfile", TINY, SLURM_TINY)]
+@pytest.mark.slow  # snakemake submits the DAG to the fake sbatch
+def test_a_two_seed_run_submits_nine_bounded_jobs(two_seed_calls):
+    requests = [request(c) for c in two_seed_calls]
     print("\n" + table("2 seeds (tests/tiny.yaml + tests/slurm_tiny.yaml)", requests))
     assert sorted(r["job"] for r in requests) == sorted([*GPU_RULES, "analysis"] * 2 + ["summary"])
     assert_bounded(requests)
@@ -204,6 +215,7 @@ def edited_profile(folder: Path, **variables) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_qos_gres_and_extra_options_reach_sbatch(fake, tmp_path):
     profile = edited_profile(tmp_path / "profile", GPU_GRES="gpu:a100:1", GPU_QOS="gpu_long",
                              GPU_CONSTRAINT="a100|h100", GPU_EXTRA="--mail-type=FAIL --nice=10",
@@ -221,14 +233,15 @@ def test_qos_gres_and_extra_options_reach_sbatch(fake, tmp_path):
             assert "--nice=5" in argv and "--mail-type=FAIL" not in argv, argv
 
 
-def test_the_shipped_profile_asks_for_gpus_and_nothing_else(fake, tmp_path):
-    calls = fake.run(tmp_path / "run", "--configfile", TINY, SLURM_TINY)
-    for c in calls:
+@pytest.mark.slow
+def test_the_shipped_profile_asks_for_gpus_and_nothing_else(two_seed_calls):
+    for c in two_seed_calls:
         r = request(c)
         assert r["qos"] is None and r["constraint"] is None and r["gres"] is None, c
         assert r["gpus"] == ("1" if r["job"] in GPU_RULES else None), c
 
 
+@pytest.mark.slow
 def test_the_first_dry_run_needs_no_conda(fake, tmp_path):
     # The README's first cluster command, on a machine where conda is missing (as here).
     env_path = ":".join(p for p in fake.env["PATH"].split(":") if not (Path(p) / "conda").exists())
@@ -240,6 +253,7 @@ def test_the_first_dry_run_needs_no_conda(fake, tmp_path):
 
 # ---- the command reaches the job as written -----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_command_is_handed_over_as_a_script_that_no_login_shell_reads(fake, tmp_path):
     data_dir = tmp_path / "data dir ü (x)"
     workdir = tmp_path / "run dir é"
@@ -256,6 +270,7 @@ def test_the_command_is_handed_over_as_a_script_that_no_login_shell_reads(fake, 
         assert f"data_dir={data_dir}" in shlex.split(command), command
 
 
+@pytest.mark.slow
 def test_job_arrays_go_through_wrap_with_the_arrays_profile(fake, tmp_path):
     """profiles/slurm/arrays: the plugin (2.8.0) writes an array's task list on lines of their
     own in script mode, so arrays are submitted with --wrap instead."""
@@ -318,28 +333,65 @@ def test_the_schema_walk_finds_the_free_text_keys():
     assert {("data_dir",), ("runs", 0), ("recipes", "<name>"), ("study", "pairs", 0, 0)} <= set(STRING_KEYS)
 
 
+def hostile_key_file(folder: Path, key: tuple) -> tuple[Path, Path, str]:
+    """A config file holding shell syntax at ``key``: (the file, the file its syntax would create,
+    the start of the refusal)."""
+    marker = folder / "MARK"
+    hostile = folder / "hostile.yaml"
+    hostile.write_text(yaml.safe_dump(hostile_config(key, f"x$(touch {marker})`touch {marker}`")))
+    return hostile, marker, "config key " + "/".join(map(str, key[:-1] if key[-1] == "<name>" else key))
+
+
 @pytest.mark.parametrize("key", STRING_KEYS, ids=["/".join(map(str, k)) for k in STRING_KEYS])
-def test_a_string_key_holding_shell_syntax_stops_before_any_job(fake, tmp_path, key):
-    marker = tmp_path / "MARK"
-    value = f"x$(touch {marker})`touch {marker}`"
-    hostile = tmp_path / "hostile.yaml"
-    hostile.write_text(yaml.safe_dump(hostile_config(key, value)))
+def test_a_string_key_holding_shell_syntax_is_refused_naming_it(tmp_path, key):
+    hostile, _, what = hostile_key_file(tmp_path, key)
+    with pytest.raises(ConfigError) as e:
+        check_config_as_the_snakefile_does(tmp_path / "run", TINY, hostile)
+    assert str(e.value).startswith(what) and "\n" not in str(e.value), str(e.value)
+
+
+@pytest.mark.slow  # snakemake: the check above runs before any job and nothing of the value runs
+def test_a_string_key_holding_shell_syntax_stops_before_any_job(fake, tmp_path):
+    hostile, marker, what = hostile_key_file(tmp_path, ("runs", 0))
     p = fake.snakemake(tmp_path / "run", "--configfile", TINY, hostile)
-    where = "/".join(map(str, key[:-1] if key[-1] == "<name>" else key))
-    assert_refused(p, f"config key {where}", fake, marker)
+    assert_refused(p, what, fake, marker)
 
 
-@pytest.mark.parametrize("value", ['d$(touch {m})x', "d`touch {m}`x", 'd";touch {m};"x', "d' ; touch {m} ; 'x",
-                                   "d\\x", "d & touch {m}", "d | touch {m}", "d > {m}", "d < x", "d{seed}x",
-                                   "d\ntouch {m}"])
-def test_data_dir_holding_shell_syntax_stops_before_any_job(fake, tmp_path, value):
-    marker = tmp_path / "MARK"
-    hostile = tmp_path / "hostile.yaml"  # a file, not --config: that would read "a\nb" as YAML, "a b"
+HOSTILE_DATA_DIRS = ['d$(touch {m})x', "d`touch {m}`x", 'd";touch {m};"x', "d' ; touch {m} ; 'x", "d\\x",
+                     "d & touch {m}", "d | touch {m}", "d > {m}", "d < x", "d{seed}x", "d\ntouch {m}"]
+
+
+def hostile_data_dir_file(folder: Path, value: str) -> tuple[Path, Path]:
+    marker = folder / "MARK"
+    hostile = folder / "hostile.yaml"  # a file, not --config: that would read "a\nb" as YAML, "a b"
     hostile.write_text(yaml.safe_dump({"data_dir": value.replace("{m}", str(marker))}))
+    return hostile, marker
+
+
+@pytest.mark.parametrize("value", HOSTILE_DATA_DIRS)
+def test_data_dir_holding_shell_syntax_is_refused(tmp_path, value):
+    hostile, _ = hostile_data_dir_file(tmp_path, value)
+    with pytest.raises(ConfigError, match=r"^config key data_dir: [^\n]* holds shell syntax"):
+        check_config_as_the_snakefile_does(tmp_path / "run", TINY, hostile)
+
+
+@pytest.mark.slow  # snakemake: refused before any job, and nothing of the value runs
+def test_data_dir_holding_shell_syntax_stops_before_any_job(fake, tmp_path):
+    hostile, marker = hostile_data_dir_file(tmp_path, HOSTILE_DATA_DIRS[0])
     p = fake.snakemake(tmp_path / "run", "--configfile", TINY, hostile)
     assert_refused(p, "config key data_dir: ", fake, marker)
 
 
+def test_a_working_directory_or_config_file_holding_shell_syntax_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"^working directory: .* holds shell syntax"):
+        check_config_as_the_snakefile_does(tmp_path / "run$(touch MARK)", TINY)
+    named = tmp_path / "c`touch MARK`.yaml"
+    named.write_text(TINY.read_text())
+    with pytest.raises(ConfigError, match=r"^config file: .* holds shell syntax"):
+        check_config_as_the_snakefile_does(tmp_path / "run", named)
+
+
+@pytest.mark.slow
 def test_a_working_directory_or_config_file_holding_shell_syntax_stops_before_any_job(fake, tmp_path):
     marker = tmp_path / "MARK"
     p = fake.snakemake(tmp_path / f"run$(touch {marker})", "--configfile", TINY)

@@ -4,13 +4,12 @@ recomputed here from the runs' predictions.npz, history.csv and summary.json wit
 every interval of a bounded quantity checked to lie in its range, in every file."""
 
 import csv
+import functools
 import json
 import math
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from itertools import combinations
 from pathlib import Path
@@ -21,6 +20,7 @@ import yaml
 from scipy import special, stats
 
 from helpers import REPO, results_root, workflow_outputs
+from helpers import snakemake as run_snakemake
 
 from cifar100 import files
 
@@ -37,6 +37,7 @@ ACROSS = ("recipe_differences.csv", "recipe_differences.png", "variance_sources.
 STUDY_RULES = {"aggregate", "compare", "headline", "seeds_study", "differences", "variance"}
 
 
+@functools.cache
 def targets(workflow: Path, workdir: Path) -> list[str]:
     """The study's files among the workflow's outputs, as Snakemake lists them (under the results
     root of the synthetic data: results/synthetic-<key>/)."""
@@ -49,9 +50,8 @@ def targets(workflow: Path, workdir: Path) -> list[str]:
 
 def snakemake(workflow: Path, workdir: Path, *args):
     # --configfile takes several files: the targets go before it.
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(workflow / "Snakefile"), "-d", str(workdir),
-           *map(str, args), "--configfile", str(workflow / "tests" / "study.yaml")]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    p = run_snakemake("-s", workflow / "Snakefile", "-d", workdir, *args, "--configfile",
+                      workflow / "tests" / "study.yaml", env={**os.environ, "OMP_NUM_THREADS": "1"})
     if p.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
     return p

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 from helpers import REPO
 
 
@@ -10,6 +11,7 @@ def run(*cmd):
     return subprocess.run([*cmd], capture_output=True, text=True, cwd=REPO, timeout=300)
 
 
+@pytest.mark.slow  # runs snakemake
 def test_snakemake_lint_is_clean():
     p = run(sys.executable, "-m", "snakemake", "--lint", "--configfile", "tests/tiny.yaml")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

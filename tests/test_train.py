@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cifar100 import checkpoint, data, engine
-from helpers import TINY_RECIPE, run_script, train_args
+from helpers import TINY_RECIPE, run_main, run_script, train_args
 
 
 def _train(tiny_data, out, seed=0, selection="best_test", **recipe):
@@ -87,6 +87,7 @@ def test_other_schedules_train(tiny_data, tmp_path, schedule):
         assert lrs == [TINY_RECIPE["lr"]] * 2
 
 
+@pytest.mark.slow  # a training subprocess: its output as the rule's log file gets it
 def test_log_file_gets_one_line_per_epoch_and_no_carriage_returns(tiny_data, tmp_path):
     p = run_script("train.py", *train_args(tiny_data, tmp_path / "run"))
     assert "\r" not in p.stdout + p.stderr
@@ -97,9 +98,9 @@ def test_log_file_gets_one_line_per_epoch_and_no_carriage_returns(tiny_data, tmp
 
 def test_evaluate_writes_predictions_and_metrics(tiny_data, tmp_path):
     run = tmp_path / "run"
-    run_script("train.py", *train_args(tiny_data, run))
-    run_script("evaluate.py", "--checkpoint", run / "model.pt", "--data-dir", tiny_data, "--device", "cpu",
-               "--predictions", run / "predictions.npz", "--metrics", run / "metrics.json")
+    run_main("train.py", *train_args(tiny_data, run))
+    run_main("evaluate.py", "--checkpoint", run / "model.pt", "--data-dir", tiny_data, "--device", "cpu",
+             "--predictions", run / "predictions.npz", "--metrics", run / "metrics.json")
     pred = np.load(run / "predictions.npz")
     assert pred["logits"].dtype == np.float32 and pred["logits"].shape == (100, 10)
     assert pred["labels"].dtype == np.int64
@@ -116,8 +117,8 @@ def test_evaluate_writes_predictions_and_metrics(tiny_data, tmp_path):
 def test_a_dataset_with_other_classes_trains_and_evaluates(tmp_path):
     data.write_synthetic(tmp_path / "d", train_size=90, test_size=30, num_classes=3, num_coarse=1)
     run = tmp_path / "run"
-    run_script("train.py", *train_args(tmp_path / "d", run, {**TINY_RECIPE, "epochs": 1}))
-    run_script("evaluate.py", "--checkpoint", run / "model.pt", "--data-dir", tmp_path / "d",
-               "--predictions", run / "predictions.npz", "--metrics", run / "metrics.json")
+    run_main("train.py", *train_args(tmp_path / "d", run, {**TINY_RECIPE, "epochs": 1}))
+    run_main("evaluate.py", "--checkpoint", run / "model.pt", "--data-dir", tmp_path / "d",
+             "--predictions", run / "predictions.npz", "--metrics", run / "metrics.json")
     assert np.load(run / "predictions.npz")["logits"].shape == (30, 3)
     assert json.loads((run / "metrics.json").read_text())["num_classes"] == 3

@@ -11,6 +11,7 @@ Two kinds of rules, two answers:
 """
 
 import ast
+import functools
 from pathlib import Path
 
 PACKAGE = "cifar100"
@@ -28,10 +29,16 @@ def model_code(names=MODEL_CODE, package_dir=PACKAGE_DIR) -> list[str]:
     return [str(Path(package_dir) / n) for n in names]
 
 
-def _imported(path: Path, package_dir: Path) -> set[Path]:
+def _imported(path: Path, package_dir: Path) -> frozenset[Path]:
     """Package modules imported by the file at ``path`` (absolute and relative imports)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    in_package = path.parent == package_dir
+    return _imports_in(path.read_text(), path.parent == package_dir, package_dir)
+
+
+# Cached by source text: the Snakefile asks once per rule and most scripts share modules, so
+# parsing each module once saves most of a second at every snakemake start.
+@functools.lru_cache(maxsize=None)
+def _imports_in(source: str, in_package: bool, package_dir: Path) -> frozenset[Path]:
+    tree = ast.parse(source)
     found = set()
 
     def add(name: str) -> None:
@@ -58,7 +65,7 @@ def _imported(path: Path, package_dir: Path) -> set[Path]:
                 else:  # from cifar100 import data, metrics / from . import data
                     for alias in node.names:
                         add(alias.name)
-    return found
+    return frozenset(found)
 
 
 def package_modules(script, package_dir) -> list[str]:
