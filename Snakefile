@@ -48,9 +48,9 @@ if not (workflow.remote_exec or workflow.subprocess_exec):
     busy.refuse_if_busy(Path.cwd(), sys.argv)
 
 # The schema (scripts/cifar100/config.schema.yaml) fills in defaults and checks every key and
-# combination before any job starts; the error names the key.
-cfg.validate(config)
-cfg.refuse_shell_syntax(config, Path.cwd(), workflow.basedir, workflow.configfiles)
+# combination, and no string, folder or config file name may hold shell syntax: before any job
+# starts; the error names the key.
+cfg.check_workflow_config(config, Path.cwd(), workflow.basedir, workflow.configfiles)
 
 SIZES = config["analysis"]
 

@@ -48,7 +48,9 @@ def run_main(name: str, *args, check=True, env=None) -> subprocess.CompletedProc
                 run_cli(module.main, argv[1:])
                 code = 0
             except SystemExit as e:  # as the interpreter reports it: sys.exit("text") prints it, exit 1
-                code = e.code if isinstance(e.code, int) or e.code is None else print(e.code, file=sys.stderr) or 1
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+                code = 1 if isinstance(e.code, str) else e.code
     finally:
         sys.argv = saved[0]
         os.environ.clear()
@@ -128,7 +130,7 @@ def snakemake(*args, cwd=None, env=None, timeout=1200) -> subprocess.CompletedPr
 def check_config_as_the_snakefile_does(workdir, *configfiles) -> dict:
     """What ``snakemake -d workdir --configfile *configfiles`` does with the config before any job,
     in this process: config.yaml with the files merged over it in order (Snakemake's own loader and
-    merge), then the Snakefile's checks (cfg.validate, cfg.refuse_shell_syntax). Returns the
+    merge), then the Snakefile's checks (cfg.check_workflow_config). Returns the
     resolved config; a bad value raises ConfigError, naming the key, the folder or the file."""
     from snakemake.common.configfile import load_configfile
     from snakemake.settings.types import ConfigSettings
@@ -139,9 +141,7 @@ def check_config_as_the_snakefile_does(workdir, *configfiles) -> dict:
     settings = ConfigSettings(configfiles=[Path(f) for f in configfiles])
     config = load_configfile(REPO / "config.yaml")  # the Snakefile's `configfile:`
     update_config(config, settings.overwrite_config)
-    cfg.validate(config)
-    cfg.refuse_shell_syntax(config, workdir, REPO, [*settings.configfiles, REPO / "config.yaml"])
-    return config
+    return cfg.check_workflow_config(config, workdir, REPO, [*settings.configfiles, REPO / "config.yaml"])
 
 
 def workflow_outputs(snakefile: Path, workdir: Path, *configfiles) -> list[str]:

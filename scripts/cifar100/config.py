@@ -138,13 +138,6 @@ def validate_section(name: str, value: dict) -> dict:
     return _resolve(value, schema()["properties"][name], name)
 
 
-def validate_recipe(name: str, recipe: dict) -> dict:
-    """Validate and complete one recipe on its own (train.py --recipe-json)."""
-    _resolve(recipe, schema()["properties"]["recipes"]["additionalProperties"], f"recipes/{name}")
-    _check_recipe(name, recipe)
-    return recipe
-
-
 def _check_recipe(name: str, r: dict) -> None:
     if r["schedule"] == "step" and ("step_size" not in r or "gamma" not in r):
         raise ConfigError(f"config key recipes/{name}: schedule 'step' needs step_size and gamma")
@@ -209,6 +202,14 @@ def _strings(value, where: str):
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             yield from _strings(v, f"{where}/{i}")
+
+
+def check_workflow_config(config: dict, workdir, workflow_dir, configfiles) -> dict:
+    """What the Snakefile checks before any job: the schema (defaults filled in, every key and
+    combination checked) and no shell syntax in any string, folder or config file name."""
+    validate(config)
+    refuse_shell_syntax(config, workdir, workflow_dir, configfiles)
+    return config
 
 
 def refuse_shell_syntax(config: dict, workdir, workflow_dir=None, configfiles=()) -> None:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import SEED_MAX
 from .config import choices
 from .exceptions import DataError, UserError
 from .files import read_json
 
 SELECTIONS = choices("selection")
-SEED_MAX = 2**32 - 1
 
 
 # --- checks of one value ------------------------------------------------------------------------
